@@ -1,0 +1,1 @@
+"""cvae-exp: config-driven experiments with conditional variational autoencoders."""

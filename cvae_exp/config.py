@@ -1,0 +1,156 @@
+"""Typed schemas of the training config and its validation before anything runs.
+
+The YAML files in configs/ are the defaults; these dataclasses are the contract. Types
+are checked by OmegaConf against the schema, ranges and choices by `validate`, and the
+model is built once on the declared data shape, so that every bad value stops the run
+with one paragraph that names the key, the value and what is allowed.
+"""
+
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from cvae_exp.data.datamodule import BINARIZE_CHOICES
+from cvae_exp.errors import UserInputError
+from cvae_exp.objective import Objective
+
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "64-true", "bf16-true", "16-true")
+
+
+@dataclass
+class DataConfig:
+    _target_: str
+    name: str
+    root: str
+    source: dict[str, Any]
+    image_shape: list[int]
+    num_classes: int
+    batch_size: int
+    val_size: int
+    split_seed: int = 0
+    binarize: str = "none"
+
+
+@dataclass
+class ModelConfig:
+    _target_: str
+    latent_dim: int
+    encoder: dict[str, Any]
+    decoder: dict[str, Any]
+
+
+@dataclass
+class LossConfig:
+    likelihood: str = "gaussian"
+    var: float = 0.5
+    beta: float = 1.0
+    warmup_steps: int = 0
+
+
+@dataclass
+class OptimConfig:
+    _target_: str = "torch.optim.Adam"
+    _partial_: bool = True
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str
+    data_dir: str
+    log_dir: str
+    output_dir: str
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig
+    model: ModelConfig
+    conditioning: dict[str, Any]
+    trainer: dict[str, Any]
+    paths: PathsConfig
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    callbacks: Optional[dict[str, Any]] = None
+    logger: Optional[dict[str, Any]] = None
+    task_name: str = "train"
+    seed: int = 42
+    ckpt_path: Optional[str] = None
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise UserInputError(f"Invalid config value {key}={value!r}: {allowed}.")
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Check `cfg` against the schema and the allowed ranges; raise UserInputError."""
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg)
+        OmegaConf.resolve(typed)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or "?"
+        reason = str(error).splitlines()[0]
+        raise UserInputError(f"Invalid config at {key}: {reason}. See configs/ and cvae_exp/config.py for the allowed keys and types.") from None
+
+    data, model, loss, optim, trainer = typed.data, typed.model, typed.loss, typed.optim, typed.trainer
+    _require(typed.seed >= 0, "seed", typed.seed, "must be an integer >= 0")
+    _require(data.batch_size >= 1, "data.batch_size", data.batch_size, "must be an integer >= 1")
+    _require(data.val_size >= 1, "data.val_size", data.val_size, "must be an integer >= 1")
+    _require(data.binarize in BINARIZE_CHOICES, "data.binarize", data.binarize, f"allowed: {' | '.join(BINARIZE_CHOICES)}")
+    _require(
+        len(data.image_shape) == 3 and min(data.image_shape) >= 1,
+        "data.image_shape", list(data.image_shape), "must be [channels, height, width] of positive integers",
+    )
+    _require(data.num_classes >= 1, "data.num_classes", data.num_classes, "must be an integer >= 1")
+    _require(model.latent_dim >= 1, "model.latent_dim", model.latent_dim, "must be an integer >= 1 (the size of z)")
+    _require(
+        loss.likelihood in Objective.LIKELIHOODS, "loss.likelihood", loss.likelihood, f"allowed: {' | '.join(Objective.LIKELIHOODS)}"
+    )
+    _require(loss.var > 0, "loss.var", loss.var, "must be a number > 0 (the Gaussian decoder's variance)")
+    _require(loss.beta >= 0, "loss.beta", loss.beta, "must be a number >= 0")
+    _require(loss.warmup_steps >= 0, "loss.warmup_steps", loss.warmup_steps, "must be an integer >= 0 (0: no warm-up)")
+    _require(optim.lr > 0, "optim.lr", optim.lr, "must be a number > 0")
+    _require(optim.weight_decay >= 0, "optim.weight_decay", optim.weight_decay, "must be a number >= 0")
+    _check_trainer(trainer)
+    if typed.ckpt_path is not None:
+        _require(Path(typed.ckpt_path).is_file(), "ckpt_path", typed.ckpt_path, "must be an existing checkpoint file (e.g. <run dir>/checkpoints/last.ckpt)")
+    _check_model_builds(typed)
+    return cfg
+
+
+def _check_trainer(trainer: DictConfig) -> None:
+    allowed = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", "callbacks", "logger"}
+    for key in trainer:
+        if key != "_target_":
+            _require(key in allowed, f"trainer.{key}", trainer[key], f"is not a lightning.Trainer argument; allowed: {', '.join(sorted(allowed))}")
+    precision = str(trainer.get("precision", "32-true"))
+    _require(precision in PRECISIONS, "trainer.precision", precision, f"allowed: {' | '.join(PRECISIONS)}")
+    max_epochs = trainer.get("max_epochs")
+    _require(isinstance(max_epochs, int) and max_epochs >= 1, "trainer.max_epochs", max_epochs, "must be an integer >= 1")
+
+
+def _check_model_builds(typed: DictConfig) -> None:
+    """Build the network on the declared data shape (milliseconds), so that an
+    architecture that cannot handle the data fails here, not after data loading."""
+    try:
+        instantiate(
+            typed.model,
+            conditioning=instantiate(typed.conditioning),
+            image_shape=list(typed.data.image_shape),
+            num_classes=typed.data.num_classes,
+        )
+    except Exception as error:  # any constructor error is a config error here
+        cause = error.__cause__ or error
+        raise UserInputError(
+            f"The model config cannot be built for data {typed.data.name} with image shape "
+            f"{list(typed.data.image_shape)}: {cause}. Change model.encoder / model.decoder "
+            f"(see configs/model/) or choose another model."
+        ) from None

@@ -1,0 +1,96 @@
+"""One DataModule for every dataset: load once, split, serve batches from device tensors."""
+
+from pathlib import Path
+from typing import Callable
+
+import lightning as L
+import torch
+
+from cvae_exp.data.batches import TensorBatches
+from cvae_exp.data.sources import ImageSplits
+
+BINARIZE_CHOICES = ("none", "dynamic", "static")
+
+
+class TensorDataModule(L.LightningDataModule):
+    """Splits the official train set into train/val with `split_seed` and keeps the
+    official test set as test. `binarize`: `dynamic` draws x ~ Bernoulli(pixel) for every
+    training batch, `static` draws once with `split_seed`; both suit `loss.likelihood=bernoulli`."""
+
+    def __init__(
+        self,
+        name: str,
+        source: Callable[[Path], ImageSplits],
+        root: str,
+        image_shape: list[int],
+        num_classes: int,
+        batch_size: int,
+        val_size: int,
+        split_seed: int = 0,
+        binarize: str = "none",
+    ):
+        super().__init__()
+        if binarize not in BINARIZE_CHOICES:
+            raise ValueError(f"data.binarize={binarize!r} is not one of {BINARIZE_CHOICES}")
+        self.name, self.source, self.root = name, source, Path(root)
+        self.image_shape, self.num_classes = tuple(image_shape), num_classes
+        self.batch_size, self.val_size, self.split_seed, self.binarize = batch_size, val_size, split_seed, binarize
+        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        data = self.source(root=self.root)
+        self._check(data)
+        generator = torch.Generator().manual_seed(self.split_seed)
+        order = torch.randperm(len(data.train_labels), generator=generator)
+        val, train = order[: self.val_size], order[self.val_size :]
+        splits = {
+            "train": (data.train_images[train], data.train_labels[train]),
+            "val": (data.train_images[val], data.train_labels[val]),
+            "test": (data.test_images, data.test_labels),
+        }
+        if self.binarize == "static":
+            splits = {name: (_bernoulli_uint8(images, generator), labels) for name, (images, labels) in splits.items()}
+        self.splits = splits
+
+    def _check(self, data: ImageSplits) -> None:
+        shape = tuple(data.train_images.shape[1:])
+        if shape != self.image_shape or data.train_images.dtype != torch.uint8:
+            raise ValueError(f"{self.name}: images are {data.train_images.dtype} {shape}, config says uint8 {self.image_shape}")
+        if int(data.train_labels.max()) >= self.num_classes:
+            raise ValueError(f"{self.name}: labels reach {int(data.train_labels.max())}, config says {self.num_classes} classes")
+        if not 0 < self.val_size < len(data.train_labels):
+            raise ValueError(f"data.val_size={self.val_size} must be in [1, {len(data.train_labels) - 1}] for {self.name}")
+
+    def _batches(self, split: str, shuffle: bool = False) -> TensorBatches:
+        images, labels = self.splits[split]
+        device, rank, world_size, epoch = torch.device("cpu"), 0, 1, 0
+        if self.trainer is not None:
+            device, rank, world_size = self.trainer.strategy.root_device, self.trainer.global_rank, self.trainer.world_size
+            epoch = self.trainer.current_epoch
+        return TensorBatches(
+            images.to(device),
+            labels.to(device),
+            self.batch_size,
+            shuffle=shuffle,
+            seed=torch.initial_seed(),
+            dynamic_binarize=shuffle and self.binarize == "dynamic",
+            rank=rank,
+            world_size=world_size,
+            epoch=epoch,
+        )
+
+    def train_dataloader(self) -> TensorBatches:
+        return self._batches("train", shuffle=True)
+
+    def val_dataloader(self) -> TensorBatches:
+        return self._batches("val")
+
+    def test_dataloader(self) -> TensorBatches:
+        return self._batches("test")
+
+
+def _bernoulli_uint8(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    probabilities = images.float() / 255.0
+    return (torch.rand(probabilities.shape, generator=generator) < probabilities).to(torch.uint8) * 255

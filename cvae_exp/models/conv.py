@@ -1,0 +1,76 @@
+"""Strided-convolution encoder and transposed-convolution decoder.
+
+Each layer halves (encoder) or doubles (decoder) the spatial size with a 4x4 kernel,
+stride 2, padding 1, so any image whose sides divide by 2**len(channels) works
+(1x28x28 with two layers, 3x32x32 with up to five).
+"""
+
+import torch
+from torch import nn
+
+from cvae_exp.models.conditioning import ConditionedLayers, Conditioning
+
+
+def bottleneck_size(image_shape, num_layers: int) -> tuple[int, int]:
+    """Spatial size after `num_layers` halvings; ValueError if a side does not divide."""
+    _, height, width = image_shape
+    factor = 2**num_layers
+    if num_layers < 1 or height % factor or width % factor:
+        raise ValueError(
+            f"a conv network with {num_layers} layers needs image sides divisible by "
+            f"2**{num_layers} = {factor}, but the data has shape {tuple(image_shape)}; "
+            f"use fewer channels entries (a side of 28 allows at most 2) or model=mlp"
+        )
+    return height // factor, width // factor
+
+
+def _down(a: int, b: int) -> nn.Conv2d:
+    return nn.Conv2d(a, b, kernel_size=4, stride=2, padding=1)
+
+
+def _up(a: int, b: int) -> nn.ConvTranspose2d:
+    return nn.ConvTranspose2d(a, b, kernel_size=4, stride=2, padding=1)
+
+
+class ConvEncoder(nn.Module):
+    """q(z | x, c): conv layers with `channels` out-channels -> linear heads (mu, log sigma^2)."""
+
+    def __init__(self, image_shape, latent_dim: int, conditioning: Conditioning, channels: list[int]):
+        super().__init__()
+        height, width = bottleneck_size(image_shape, len(channels))
+        self.conditioning = conditioning
+        widths = [image_shape[0] + conditioning.extra_inputs, *channels]
+        layers = [_down(a, b) for a, b in zip(widths[:-1], widths[1:])]
+        self.hidden = ConditionedLayers(layers, list(channels), conditioning)
+        flat = channels[-1] * height * width
+        self.mu = nn.Linear(flat, latent_dim)
+        self.logvar = nn.Linear(flat, latent_dim)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.hidden(self.conditioning.join(x, labels), labels).flatten(1)
+        return self.mu(hidden), self.logvar(hidden)
+
+
+class ConvDecoder(nn.Module):
+    """p(x | z, c): linear to a `channels[0]` feature map, transposed convs, pixel logits.
+
+    `channels` is in decoder order (e.g. [64, 32]); the last layer maps to image channels.
+    """
+
+    def __init__(self, image_shape, latent_dim: int, conditioning: Conditioning, channels: list[int]):
+        super().__init__()
+        height, width = bottleneck_size(image_shape, len(channels))
+        self.conditioning = conditioning
+        self.start_shape = (channels[0], height, width)
+        layers = [nn.Linear(latent_dim + conditioning.extra_inputs, channels[0] * height * width)]
+        layers += [_up(a, b) for a, b in zip(channels[:-1], channels[1:])]
+        # The linear layer's output is modulated as a flat vector, the others per channel.
+        widths = [channels[0] * height * width, *channels[1:]]
+        self.project = ConditionedLayers(layers[:1], widths[:1], conditioning)
+        self.hidden = ConditionedLayers(layers[1:], widths[1:], conditioning)
+        self.out = _up(channels[-1], image_shape[0])
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        hidden = self.project(self.conditioning.join(z, labels), labels)
+        hidden = self.hidden(hidden.view(-1, *self.start_shape), labels)
+        return self.out(hidden)

@@ -1,0 +1,100 @@
+"""`cvae-train`: compose the config, validate it, fit, test, write metrics.json."""
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from cvae_exp.config import validate
+from cvae_exp.errors import UserInputError
+from cvae_exp.module import CVAEModule
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+
+
+def train(cfg: DictConfig) -> float:
+    """Fit and test one run; returns the best validation loss (the sweep objective)."""
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    module = CVAEModule(
+        model=OmegaConf.to_container(cfg.model, resolve=True),
+        conditioning=OmegaConf.to_container(cfg.conditioning, resolve=True),
+        loss=OmegaConf.to_container(cfg.loss, resolve=True),
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        image_shape=list(cfg.data.image_shape),
+        num_classes=cfg.data.num_classes,
+    )
+    callbacks = [instantiate(callback) for callback in (cfg.callbacks or {}).values()]
+    loggers = [instantiate(logger) for logger in (cfg.logger or {}).values()]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    train_time = time.perf_counter() - start
+    checkpoint = trainer.checkpoint_callback
+    best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+    test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+
+    best_val_loss = float(checkpoint.best_model_score) if best else float(trainer.callback_metrics["val/loss"])
+    if trainer.is_global_zero:
+        write_json(
+            Path(cfg.paths.output_dir) / "metrics.json",
+            {
+                "status": "completed",
+                "test": {key.removeprefix("test/"): float(value) for key, value in test_metrics.items()},
+                "best_val_loss": best_val_loss,
+                "best_checkpoint": best,
+                "epochs": trainer.current_epoch,
+                "train_time_s": train_time,
+                "hparams": run_summary(cfg),
+            },
+        )
+    return best_val_loss
+
+
+def run_summary(cfg: DictConfig) -> dict[str, Any]:
+    """The choices and values that tell a run from its neighbours in a sweep."""
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    return {
+        "data": cfg.data.name,
+        "model": choices.get("model"),
+        "conditioning": choices.get("conditioning"),
+        "experiment": choices.get("experiment"),
+        "latent_dim": cfg.model.latent_dim,
+        "likelihood": cfg.loss.likelihood,
+        "beta": cfg.loss.beta,
+        "lr": cfg.optim.lr,
+        "epochs": cfg.trainer.max_epochs,
+        "batch_size": cfg.data.batch_size,
+        "seed": cfg.seed,
+        "precision": str(cfg.trainer.precision),
+    }
+
+
+def write_json(path: Path, content: dict[str, Any]) -> None:
+    """Write through a temporary file and rename, so readers never see half a file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(content, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float:
+    try:
+        validate(cfg)
+        return train(cfg)
+    except UserInputError as error:
+        print(f"cvae-train: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
