@@ -1,0 +1,83 @@
+"""Every option of every config group composes and validates; bad values fail clearly."""
+
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from cvae_exp.config import validate
+from cvae_exp.errors import UserInputError
+from cvae_exp.train import CONFIG_DIR
+
+GROUPS = ["data", "model", "conditioning", "trainer", "callbacks", "logger", "experiment", "debug"]
+OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted(Path(CONFIG_DIR, group).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_composes_and_validates(compose_train, group, option):
+    cfg = compose_train([f"{group}={option}"])
+    validate(cfg)
+    OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_every_group_has_options():
+    assert {group for group, _ in OPTIONS} == set(GROUPS)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model.latent_dim=16", "loss.beta=4", "optim.lr=2e-3", "data.batch_size=1024", "trainer.max_epochs=30"],
+        ["seed=7", "data.root=/somewhere", "trainer.precision=bf16-mixed", "data.binarize=dynamic"],
+        ["model=conv", "conditioning=film", "loss.likelihood=bernoulli", "loss.warmup_steps=100"],
+        ["data=mnist", "model=conv", "conditioning=none"],
+        ["logger=[tensorboard,csv]"],
+        ["+trainer.gradient_clip_val=1.0"],
+    ],
+)
+def test_user_overrides_validate(compose_train, overrides):
+    validate(compose_train(overrides))
+
+
+def test_report_experiments_match_the_protocol(compose_train):
+    genmodel = compose_train(["experiment=report_genmodel"])
+    assert genmodel.data.name == "mnist" and genmodel.data.batch_size == 1024 and genmodel.seed == 42
+    assert genmodel.model.encoder.hidden_dims == [400, 400] and genmodel.loss.var == 0.5
+    assert genmodel.conditioning._target_.endswith("Concat")
+    vae = compose_train(["experiment=report_vae"])
+    assert vae.conditioning._target_.endswith("conditioning.Conditioning")
+    assert vae.data.batch_size == 1024 and vae.loss.var == 0.5
+
+
+@pytest.mark.parametrize(
+    "overrides,named",
+    [
+        (["model.latent_dim=0"], "model.latent_dim=0"),
+        (["model.latent_dim=abc"], "model.latent_dim"),
+        (["loss.beta=-1"], "loss.beta=-1"),
+        (["optim.lr=-0.1"], "optim.lr=-0.1"),
+        (["optim.lr=0"], "optim.lr=0"),
+        (["loss.var=0"], "loss.var=0"),
+        (["loss.likelihood=poisson"], "loss.likelihood='poisson'"),
+        (["data.binarize=maybe"], "data.binarize='maybe'"),
+        (["data.batch_size=0"], "data.batch_size=0"),
+        (["trainer.precision=8-bit"], "trainer.precision='8-bit'"),
+        (["trainer.max_epochs=0"], "trainer.max_epochs=0"),
+        (["+trainer.max_epoch=3"], "trainer.max_epoch"),
+        (["seed=-1"], "seed=-1"),
+        (["ckpt_path=/no/such.ckpt"], "ckpt_path='/no/such.ckpt'"),
+        (["model=conv", "model.encoder.channels=[8,16,32]"], "image shape [1, 28, 28]"),
+    ],
+)
+def test_invalid_values_name_the_key_and_the_allowed_values(compose_train, overrides, named):
+    with pytest.raises(UserInputError) as error:
+        validate(compose_train(overrides))
+    message = str(error.value)
+    assert named in message
+    assert "\n" not in message  # one paragraph
+
+
+def test_unknown_choice_is_refused_by_hydra(compose_train):
+    with pytest.raises(ConfigCompositionException, match="mlp"):
+        compose_train(["model=transformer"])

@@ -1,0 +1,98 @@
+"""Datasets and device batches: sizes, splits, order, binarisation, the offline error."""
+
+import pytest
+import torch
+import torchvision
+
+from cvae_exp.data import ImageSplits, TensorDataModule
+from cvae_exp.data.batches import TensorBatches
+from cvae_exp.data.sources import load_digits, load_torchvision
+from cvae_exp.errors import UserInputError
+
+
+def digits_module(**overrides) -> TensorDataModule:
+    arguments = dict(
+        name="digits", source=load_digits, root=".", image_shape=[1, 28, 28], num_classes=10,
+        batch_size=64, val_size=300, split_seed=0, binarize="none",
+    )
+    module = TensorDataModule(**{**arguments, **overrides})
+    module.setup()
+    return module
+
+
+def test_digits_are_upsampled_uint8_with_a_fixed_disjoint_split():
+    module = digits_module()
+    sizes = {name: len(labels) for name, (_, labels) in module.splits.items()}
+    assert sizes == {"train": 1200, "val": 300, "test": 297}
+    images, labels = module.splits["train"]
+    assert images.dtype == torch.uint8 and images.shape[1:] == (1, 28, 28)
+    assert images.max() == 255 and images.min() == 0
+    assert set(labels.tolist()) == set(range(10))
+    again = digits_module()
+    assert all(torch.equal(module.splits[s][0], again.splits[s][0]) for s in module.splits)
+    flat = {name: {tuple(row) for row in images.flatten(1).tolist()} for name, (images, _) in module.splits.items()}
+    assert not flat["train"] & flat["test"] and not flat["val"] & flat["test"]
+
+
+def test_batches_visit_every_sample_once_per_epoch_in_a_seeded_order():
+    labels = torch.arange(103)
+    images = torch.zeros(103, 1, 2, 2, dtype=torch.uint8)
+    batches = TensorBatches(images, labels, batch_size=10, shuffle=True, seed=5)
+    assert len(batches) == 11
+    first, second = (torch.cat([y for _, y in batches]) for _ in range(2))
+    assert sorted(first.tolist()) == list(range(103)) == sorted(second.tolist())
+    assert not torch.equal(first, second)
+    replay = TensorBatches(images, labels, batch_size=10, shuffle=True, seed=5, epoch=1)
+    assert torch.equal(torch.cat([y for _, y in replay]), second)
+
+
+def test_batches_are_split_across_ranks_without_overlap():
+    labels = torch.arange(50)
+    images = torch.zeros(50, 1, 2, 2, dtype=torch.uint8)
+    seen = [torch.cat([y for _, y in TensorBatches(images, labels, 8, shuffle=True, rank=r, world_size=2)]) for r in (0, 1)]
+    assert sorted(torch.cat(seen).tolist()) == list(range(50))
+    assert len(TensorBatches(images, labels, 8, rank=1, world_size=2)) == 4
+
+
+def test_batches_scale_pixels_to_unit_interval():
+    images = torch.tensor([0, 51, 255], dtype=torch.uint8).view(3, 1, 1, 1)
+    (x, _), = TensorBatches(images, torch.zeros(3, dtype=torch.long), batch_size=3)
+    assert torch.allclose(x.flatten(), torch.tensor([0.0, 0.2, 1.0]))
+
+
+def test_dynamic_binarisation_draws_zeros_and_ones_for_training_only():
+    module = digits_module(binarize="dynamic")
+    x, _ = next(iter(module.train_dataloader()))
+    assert set(x.unique().tolist()) <= {0.0, 1.0}
+    val, _ = next(iter(module.val_dataloader()))
+    assert len(val.unique()) > 2
+
+
+def test_static_binarisation_is_fixed():
+    first, second = digits_module(binarize="static"), digits_module(binarize="static")
+    images = first.splits["train"][0]
+    assert set(images.unique().tolist()) == {0, 255}
+    assert torch.equal(images, second.splits["train"][0])
+
+
+def test_mismatched_shape_and_bad_val_size_are_refused():
+    with pytest.raises(ValueError, match="3, 32, 32"):
+        digits_module(image_shape=[3, 32, 32])
+    with pytest.raises(ValueError, match="val_size"):
+        digits_module(val_size=5000)
+
+
+def test_offline_without_files_says_where_to_put_them(tmp_path, monkeypatch):
+    def no_network(self):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", no_network)
+    with pytest.raises(UserInputError) as error:
+        load_torchvision(tmp_path, "MNIST")
+    message = str(error.value)
+    assert str(tmp_path / "MNIST" / "raw") in message and "data=digits" in message and "data.root" in message
+
+
+def test_splits_are_tensors_not_pil():
+    data = load_digits(root=None)
+    assert isinstance(data, ImageSplits) and data.train_images.is_contiguous()
