@@ -18,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cvae_exp.data.datamodule import BINARIZE_CHOICES
 from cvae_exp.errors import UserInputError
+from cvae_exp.module import RECON_Z_CHOICES
 from cvae_exp.objective import Objective
 
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "64-true", "bf16-true", "16-true")
@@ -62,6 +63,13 @@ class OptimConfig:
 
 
 @dataclass
+class EvalConfig:
+    recon_z: str = "sample"
+    samples_per_class: int = 1000
+    save_images: bool = False
+
+
+@dataclass
 class PathsConfig:
     root_dir: str
     data_dir: str
@@ -78,11 +86,13 @@ class TrainConfig:
     paths: PathsConfig
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     callbacks: Optional[dict[str, Any]] = None
     logger: Optional[dict[str, Any]] = None
     task_name: str = "train"
     seed: int = 42
     ckpt_path: Optional[str] = None
+    reference: Optional[dict[str, Any]] = None  # published numbers this run reproduces
 
 
 def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -119,6 +129,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     _require(loss.warmup_steps >= 0, "loss.warmup_steps", loss.warmup_steps, "must be an integer >= 0 (0: no warm-up)")
     _require(optim.lr > 0, "optim.lr", optim.lr, "must be a number > 0")
     _require(optim.weight_decay >= 0, "optim.weight_decay", optim.weight_decay, "must be a number >= 0")
+    _require(typed.eval.recon_z in RECON_Z_CHOICES, "eval.recon_z", typed.eval.recon_z, f"allowed: {' | '.join(RECON_Z_CHOICES)}")
+    _require(typed.eval.samples_per_class >= 1, "eval.samples_per_class", typed.eval.samples_per_class, "must be an integer >= 1")
     _check_trainer(trainer)
     if typed.ckpt_path is not None:
         _require(Path(typed.ckpt_path).is_file(), "ckpt_path", typed.ckpt_path, "must be an existing checkpoint file (e.g. <run dir>/checkpoints/last.ckpt)")

@@ -1,9 +1,10 @@
 """The LightningModule: owns the CVAE and the objective, logs losses and metrics.
 
-Lightning does device placement, precision, checkpointing and logging; this file only
-says what one step computes.
+Lightning does device placement, precision, checkpointing and logging; this file says
+what a step computes and what the test stage grades.
 """
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -12,34 +13,38 @@ from hydra.utils import instantiate
 from torchmetrics import MeanSquaredError, MetricCollection
 from torchmetrics.image import StructuralSimilarityIndexMeasure
 
+from cvae_exp.evaluation import generate_per_class, grade, save_grader_images
+from cvae_exp.metrics import quantize_uint8
 from cvae_exp.models import CVAE
 from cvae_exp.objective import Objective
 
+RECON_Z_CHOICES = ("sample", "mean")
+
 
 class CVAEModule(L.LightningModule):
-    """Built from plain config dicts (saved as hyperparameters), so that
-    `CVAEModule.load_from_checkpoint(path)` rebuilds the same network."""
+    """Built from plain config dicts, saved as hyperparameters, so that a checkpoint
+    describes its run: `CVAEModule.load_from_checkpoint(path)` rebuilds the network
+    and `instantiate(module.hparams.data)` its data."""
 
     def __init__(
         self,
         model: dict[str, Any],
         conditioning: dict[str, Any],
+        data: dict[str, Any],
         loss: dict[str, Any],
         optim: dict[str, Any],
-        image_shape: list[int],
-        num_classes: int,
+        eval: dict[str, Any],
     ):
         super().__init__()
         self.save_hyperparameters()
         self.cvae: CVAE = instantiate(
-            model, conditioning=instantiate(conditioning), image_shape=list(image_shape), num_classes=num_classes
+            model, conditioning=instantiate(conditioning), image_shape=list(data["image_shape"]), num_classes=data["num_classes"]
         )
         self.objective = Objective(**loss)
-        image_metrics = MetricCollection(
-            {"mse": MeanSquaredError(), "ssim": StructuralSimilarityIndexMeasure(data_range=1.0)}
+        self.val_metrics = MetricCollection(
+            {"mse": MeanSquaredError(), "ssim": StructuralSimilarityIndexMeasure(data_range=1.0)}, prefix="val/"
         )
-        self.val_metrics = image_metrics.clone(prefix="val/")
-        self.test_metrics = image_metrics.clone(prefix="test/")
+        self.test_records: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def training_step(self, batch, batch_idx):
         images, labels = batch
@@ -50,21 +55,45 @@ class CVAEModule(L.LightningModule):
         self.log("train/beta", beta, on_step=False, on_epoch=True)
         return terms["loss"]
 
-    def _evaluate(self, batch, stage: str, metrics: MetricCollection) -> None:
-        """Validation and test use the configured beta, not the warm-up's current one,
-        so that val/loss (the checkpoint criterion) measures the same objective every epoch."""
+    def _evaluate(self, batch, stage: str) -> torch.Tensor:
+        """Log the objective's terms and return the reconstruction (pixel means) of the
+        forward pass. Validation and test use the configured beta, not the warm-up's
+        current one, so that val/loss (the checkpoint criterion) is the same objective
+        every epoch."""
         images, labels = batch
         output = self.cvae(images, labels)
         terms = self.objective(images, output.logits, output.mu, output.logvar, self.objective.beta)
         self.log_dict({f"{stage}/{name}": value for name, value in terms.items()}, sync_dist=True)
-        metrics.update(torch.sigmoid(output.logits.float()), images)
-        self.log_dict(metrics)
+        return torch.sigmoid(output.logits.float())
 
     def validation_step(self, batch, batch_idx):
-        self._evaluate(batch, "val", self.val_metrics)
+        reconstructions = self._evaluate(batch, "val")
+        self.val_metrics.update(reconstructions, batch[0])
+        self.log_dict(self.val_metrics)
+
+    def on_test_epoch_start(self):
+        self.test_records = []
 
     def test_step(self, batch, batch_idx):
-        self._evaluate(batch, "test", self.test_metrics)
+        """Keep 8-bit originals and reconstructions: from the forward pass's sampled z
+        as the lab does (eval.recon_z=sample) or from the posterior mean (mean)."""
+        images, labels = batch
+        reconstructions = self._evaluate(batch, "test")
+        if self.hparams.eval["recon_z"] == "mean":
+            reconstructions = self.cvae.reconstruct(images, labels, use_mean=True).float()
+        self.test_records.append((quantize_uint8(images), quantize_uint8(reconstructions), labels))
+
+    def on_test_epoch_end(self):
+        originals, reconstructions, labels = (torch.cat(parts) for parts in zip(*self.test_records))
+        self.test_records = []
+        generated, generated_labels = generate_per_class(
+            self.cvae, self.hparams.eval["samples_per_class"], self.hparams.data["batch_size"], self.device
+        )
+        conditional = self.cvae.encoder.conditioning.is_conditional
+        metrics = grade(originals, reconstructions, labels, generated, generated_labels, self.cvae.latent_dim, conditional)
+        self.log_dict({f"test/{name}": value for name, value in metrics.items()})
+        if self.hparams.eval["save_images"]:
+            save_grader_images(Path(self.trainer.default_root_dir), reconstructions, generated, generated_labels)
 
     def configure_optimizers(self):
         return instantiate(self.hparams.optim)(self.parameters())

@@ -25,12 +25,7 @@ def train(cfg: DictConfig) -> float:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     module = CVAEModule(
-        model=OmegaConf.to_container(cfg.model, resolve=True),
-        conditioning=OmegaConf.to_container(cfg.conditioning, resolve=True),
-        loss=OmegaConf.to_container(cfg.loss, resolve=True),
-        optim=OmegaConf.to_container(cfg.optim, resolve=True),
-        image_shape=list(cfg.data.image_shape),
-        num_classes=cfg.data.num_classes,
+        **{key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "conditioning", "data", "loss", "optim", "eval")}
     )
     callbacks = [instantiate(callback) for callback in (cfg.callbacks or {}).values()]
     loggers = [instantiate(logger) for logger in (cfg.logger or {}).values()]
@@ -50,6 +45,9 @@ def train(cfg: DictConfig) -> float:
             {
                 "status": "completed",
                 "test": {key.removeprefix("test/"): float(value) for key, value in test_metrics.items()},
+                "recon_z": cfg.eval.recon_z,
+                "score_form": "conditional" if module.cvae.encoder.conditioning.is_conditional else "unconditional",
+                "reference": OmegaConf.to_container(cfg.reference) if cfg.reference else None,
                 "best_val_loss": best_val_loss,
                 "best_checkpoint": best,
                 "epochs": trainer.current_epoch,

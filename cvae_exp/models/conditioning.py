@@ -14,6 +14,8 @@ from torch import nn
 class Conditioning(nn.Module):
     """Base class: the label is ignored (an unconditional VAE)."""
 
+    is_conditional = False
+
     def __init__(self, num_classes: int):
         super().__init__()
         self.num_classes = num_classes
@@ -39,6 +41,8 @@ class Concat(Conditioning):
     """One-hot label concatenated to the input: as features for flat inputs, as
     constant label maps (extra channels) for images."""
 
+    is_conditional = True
+
     @property
     def extra_inputs(self) -> int:
         return self.num_classes
@@ -54,6 +58,8 @@ class FiLM(Conditioning):
     """Feature-wise scale and shift of every hidden layer (Perez et al., 2018),
     from a per-layer label embedding initialised to zero, so training starts
     at the identity (the unconditional network)."""
+
+    is_conditional = True
 
     def modulator(self, num_features: int) -> nn.Module:
         return FiLMLayer(self.num_classes, num_features)

@@ -1,0 +1,150 @@
+"""Pin every objective formula against torch.distributions or a Monte Carlo estimate."""
+
+import math
+
+import pytest
+import torch
+from torch.distributions import Bernoulli, Normal, kl_divergence
+
+from cvae_exp.models.cvae import reparameterize
+from cvae_exp.objective import (
+    Objective,
+    bernoulli_nll,
+    gaussian_kl,
+    gaussian_nll,
+    gaussian_nll_constant,
+)
+
+IMAGE_SHAPE = (1, 6, 5)
+
+
+@pytest.fixture
+def posterior() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    mu = torch.randn(3, 4, generator=generator)
+    logvar = torch.randn(3, 4, generator=generator)
+    return mu, logvar
+
+
+@pytest.fixture
+def images_and_logits() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    images = torch.rand(5, *IMAGE_SHAPE, generator=generator)
+    logits = 3 * torch.randn(5, *IMAGE_SHAPE, generator=generator)
+    return images, logits
+
+
+def reference_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    posterior = Normal(mu, torch.exp(0.5 * logvar))
+    return kl_divergence(posterior, Normal(torch.zeros_like(mu), torch.ones_like(mu))).sum(-1)
+
+
+def test_gaussian_kl_matches_torch_distributions(posterior):
+    torch.testing.assert_close(gaussian_kl(*posterior), reference_kl(*posterior))
+
+
+def test_gaussian_kl_matches_monte_carlo_estimate(posterior):
+    mu, logvar = (tensor.double() for tensor in posterior)
+    q = Normal(mu, torch.exp(0.5 * logvar))
+    p = Normal(torch.zeros_like(mu), torch.ones_like(mu))
+    z = q.sample((200_000,))
+    log_ratio = (q.log_prob(z) - p.log_prob(z)).sum(-1)  # (samples, rows)
+    estimate = log_ratio.mean(0)
+    standard_error = log_ratio.std(0) / math.sqrt(len(log_ratio))
+    error = (gaussian_kl(*posterior).double() - estimate).abs()
+    assert (error < 5 * standard_error + 1e-5).all(), (error, standard_error)
+
+
+@pytest.mark.parametrize("var", [0.1, 0.5, 2.0])
+def test_gaussian_nll_plus_constant_is_normal_log_likelihood(images_and_logits, var):
+    images, logits = images_and_logits
+    log_likelihood = Normal(torch.sigmoid(logits), math.sqrt(var)).log_prob(images).sum(dim=(1, 2, 3))
+    num_pixels = math.prod(IMAGE_SHAPE)
+    torch.testing.assert_close(gaussian_nll(images, logits, var) + gaussian_nll_constant(num_pixels, var), -log_likelihood)
+
+
+def test_gaussian_nll_with_variance_half_is_squared_error(images_and_logits):
+    images, logits = images_and_logits
+    squared_error = (images - torch.sigmoid(logits)).pow(2).sum(dim=(1, 2, 3))
+    torch.testing.assert_close(gaussian_nll(images, logits, var=0.5), squared_error)
+
+
+def test_bernoulli_nll_matches_torch_distributions(images_and_logits):
+    _, logits = images_and_logits
+    binary = torch.bernoulli(torch.full_like(logits, 0.5), generator=torch.Generator().manual_seed(2))
+    expected = -Bernoulli(logits=logits).log_prob(binary).sum(dim=(1, 2, 3))
+    torch.testing.assert_close(bernoulli_nll(binary, logits), expected)
+
+
+def test_bernoulli_nll_is_exact_for_extreme_logits():
+    logits = torch.tensor([80.0, -80.0, 80.0, -80.0]).view(4, 1, 1, 1)
+    binary = torch.tensor([1.0, 0.0, 0.0, 1.0]).view(4, 1, 1, 1)
+    # Confident and right costs ~e^-80; confident and wrong costs ~80 nats.
+    torch.testing.assert_close(bernoulli_nll(binary, logits), torch.tensor([0.0, 0.0, 80.0, 80.0]))
+
+
+def test_bernoulli_nll_is_finite_under_bf16_autocast(images_and_logits):
+    _, logits = images_and_logits
+    logits = torch.cat([logits, torch.full_like(logits[:1], 80.0), torch.full_like(logits[:1], -80.0)]).bfloat16()
+    binary = torch.bernoulli(torch.full(logits.shape, 0.5), generator=torch.Generator().manual_seed(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        nll = bernoulli_nll(binary, logits)
+    assert nll.dtype == torch.float32 and torch.isfinite(nll).all()
+    expected = -Bernoulli(logits=logits.float()).log_prob(binary).sum(dim=(1, 2, 3))
+    torch.testing.assert_close(nll, expected)
+
+
+def test_reparameterize_gradients_are_analytic(posterior, monkeypatch):
+    mu, logvar = (tensor.clone().requires_grad_() for tensor in posterior)
+    eps = torch.randn_like(mu)
+    monkeypatch.setattr(torch, "randn_like", lambda tensor: eps)
+    z = reparameterize(mu, logvar)
+    z.sum().backward()
+    std = torch.exp(0.5 * logvar.detach())
+    torch.testing.assert_close(z.detach(), mu.detach() + eps * std)
+    torch.testing.assert_close(mu.grad, torch.ones_like(mu))
+    torch.testing.assert_close(logvar.grad, 0.5 * eps * std)
+    assert (logvar.grad != 0).all()
+
+
+def test_reparameterize_samples_have_posterior_mean_and_std():
+    torch.manual_seed(0)
+    mean, std = torch.tensor([1.0, -2.0, 0.0]), torch.tensor([2.0, 0.5, 1.0])
+    num_samples = 100_000
+    z = reparameterize(mean.expand(num_samples, 3), (2 * std.log()).expand(num_samples, 3))
+    torch.testing.assert_close(z.mean(0), mean, rtol=0, atol=(5 * std / math.sqrt(num_samples)).max().item())
+    torch.testing.assert_close(z.std(0), std, rtol=0.02, atol=0)
+
+
+@pytest.mark.parametrize(("step", "expected_beta"), [(0, 0.0), (5, 1.0), (10, 2.0), (25, 2.0)])
+def test_beta_warms_up_linearly(step, expected_beta):
+    assert Objective(beta=2.0, warmup_steps=10).beta_at(step) == pytest.approx(expected_beta)
+
+
+@pytest.mark.parametrize("step", [0, 7])
+def test_beta_without_warmup_is_constant(step):
+    assert Objective(beta=0.3).beta_at(step) == 0.3
+
+
+def independent_reconstruction(likelihood: str, images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    if likelihood == "gaussian":  # var 0.5
+        return (images - torch.sigmoid(logits)).pow(2).sum(dim=(1, 2, 3))
+    return -Bernoulli(logits=logits).log_prob(images).sum(dim=(1, 2, 3))
+
+
+@pytest.mark.parametrize("likelihood", Objective.LIKELIHOODS)
+def test_objective_is_reconstruction_plus_beta_kl(likelihood, images_and_logits):
+    images, logits = images_and_logits
+    images = images.round() if likelihood == "bernoulli" else images
+    mu, logvar = torch.randn(5, 4), torch.randn(5, 4)
+    terms = Objective(likelihood=likelihood, var=0.5)(images, logits, mu, logvar, beta=0.7)
+    recon = independent_reconstruction(likelihood, images, logits).mean()
+    kl = reference_kl(mu, logvar).mean()
+    torch.testing.assert_close(terms["recon"], recon)
+    torch.testing.assert_close(terms["kl"], kl)
+    torch.testing.assert_close(terms["loss"], recon + 0.7 * kl)
+
+
+def test_unknown_likelihood_is_rejected():
+    with pytest.raises(ValueError, match="laplace"):
+        Objective(likelihood="laplace")
