@@ -5,9 +5,9 @@ import sys
 from pathlib import Path
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """Run `cvae-train` (as `python -m cvae_exp.train`) the way a user does."""
+def run_cli(*args: str, cwd: Path, tool: str = "train") -> subprocess.CompletedProcess:
+    """Run `cvae-<tool>` (as `python -m cvae_exp.<tool>`) the way a user does."""
     return subprocess.run(
-        [sys.executable, "-m", "cvae_exp.train", *args],
+        [sys.executable, "-m", f"cvae_exp.{tool}", *args],
         cwd=cwd, capture_output=True, text=True, timeout=600,
     )

@@ -10,7 +10,7 @@ from cvae_exp.config import validate
 from cvae_exp.errors import UserInputError
 from cvae_exp.train import CONFIG_DIR
 
-GROUPS = ["data", "model", "conditioning", "trainer", "callbacks", "logger", "experiment", "debug"]
+GROUPS = ["data", "model", "conditioning", "trainer", "callbacks", "logger", "experiment", "table3", "debug"]
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted(Path(CONFIG_DIR, group).glob("*.yaml"))]
 
 
@@ -81,3 +81,12 @@ def test_invalid_values_name_the_key_and_the_allowed_values(compose_train, overr
 def test_unknown_choice_is_refused_by_hydra(compose_train):
     with pytest.raises(ConfigCompositionException, match="mlp"):
         compose_train(["model=transformer"])
+
+
+@pytest.mark.parametrize("row", [option for group, option in OPTIONS if group == "table3"])
+def test_table3_rows_override_the_report_experiment(compose_train, row):
+    cfg = compose_train(["experiment=report_genmodel", f"table3={row}"])
+    epochs, latent, lr = row.split("_")[1:]
+    assert f"e{cfg.trainer.max_epochs}" == epochs and f"z{cfg.model.latent_dim}" == latent
+    assert cfg.optim.lr == float(lr.removeprefix("lr")) and cfg.reference.score > 0
+    assert cfg.data.batch_size == 1024 and cfg.data.name == "mnist"

@@ -23,7 +23,8 @@ def test_two_epochs_write_checkpoints_events_and_metrics_then_resume(tmp_path):
 
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["epochs"] == 2
-    assert {"loss", "recon", "kl", "mse", "ssim"} <= set(metrics["test"])
+    assert {"loss", "recon", "kl", "ssim", "mse", "fid", "score", "score_uncapped"} <= set(metrics["test"])
+    assert metrics["recon_z"] == "sample" and metrics["score_form"] == "conditional"
     assert metrics["hparams"]["model"] == "mlp" and metrics["hparams"]["conditioning"] == "concat"
 
     events = EventAccumulator(str(run / "tensorboard"))
@@ -32,6 +33,12 @@ def test_two_epochs_write_checkpoints_events_and_metrics_then_resume(tmp_path):
     expected = {"train/loss", "train/recon", "train/kl", "train/beta", "val/loss", "val/recon", "val/kl", "val/mse", "val/ssim"}
     assert expected <= scalars, expected - scalars
     assert len(events.Scalars("val/loss")) == 2
+
+    result = run_cli(str(run), "--recon-z", "mean", "--samples-per-class", "20", cwd=tmp_path, tool="eval")
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluated = json.loads((run / "eval.json").read_text())
+    assert evaluated["recon_z"] == "mean" and evaluated["checkpoint"] == metrics["best_checkpoint"]
+    assert {"ssim", "mse", "fid", "score", "score_uncapped"} <= set(evaluated["test"])
 
     resumed = tmp_path / "resumed"
     result = run_cli(*FAST, "trainer.max_epochs=3", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={resumed}", cwd=tmp_path)
@@ -48,6 +55,9 @@ def test_multirun_runs_each_job_in_its_own_dir(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     latent = sorted(json.loads(p.read_text())["hparams"]["latent_dim"] for p in (tmp_path / "sweep").glob("*/metrics.json"))
     assert latent == [2, 4]
+    result = run_cli(str(tmp_path / "sweep"), cwd=tmp_path, tool="table")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len((tmp_path / "sweep" / "table.csv").read_text().splitlines()) == 3
 
 
 def test_bad_value_exits_non_zero_with_one_paragraph_and_no_traceback(tmp_path):

@@ -1,0 +1,73 @@
+"""`cvae-eval <checkpoint or run dir>`: recompute a trained run's test metrics.
+
+The checkpoint carries the run's model, data and eval configs (CVAEModule's
+hyperparameters), so this runs the same test stage as `cvae-train` and writes
+eval.json next to the run's metrics.json.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+
+from cvae_exp.errors import UserInputError
+from cvae_exp.module import RECON_Z_CHOICES, CVAEModule
+from cvae_exp.train import write_json
+
+
+def find_checkpoint(path: Path) -> Path:
+    """A checkpoint file as given, or a run dir's best checkpoint (else last.ckpt)."""
+    if path.is_file():
+        return path
+    metrics = path / "metrics.json"
+    if metrics.is_file() and json.loads(metrics.read_text()).get("best_checkpoint"):
+        return Path(json.loads(metrics.read_text())["best_checkpoint"])
+    if (path / "checkpoints" / "last.ckpt").is_file():
+        return path / "checkpoints" / "last.ckpt"
+    raise UserInputError(f"No checkpoint at {str(path)!r}: pass a .ckpt file or a run directory that holds checkpoints/last.ckpt.")
+
+
+def load_module(checkpoint: Path, **eval_overrides) -> CVAEModule:
+    try:
+        module = CVAEModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
+    except Exception as error:  # truncated file, another model's checkpoint, ...
+        raise UserInputError(f"Cannot load {str(checkpoint)!r} as a cvae-exp checkpoint ({type(error).__name__}: {error}); pass a .ckpt written by cvae-train.") from None
+    module.hparams.eval.update({key: value for key, value in eval_overrides.items() if value is not None})
+    return module
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="cvae-eval", description=__doc__.splitlines()[0])
+    parser.add_argument("path", type=Path, help="a .ckpt file or a run directory")
+    parser.add_argument("--recon-z", choices=RECON_Z_CHOICES, help="reconstruct from a posterior sample or its mean")
+    parser.add_argument("--samples-per-class", type=int, help="generated images per class for the FID")
+    parser.add_argument("--save-images", action="store_true", default=None, help="write recon/ and gen/ PNGs")
+    parser.add_argument("--data-root", help="where the dataset lives, if not where the run found it")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the sampling")
+    args = parser.parse_args(argv)
+    try:
+        checkpoint = find_checkpoint(args.path)
+        module = load_module(checkpoint, recon_z=args.recon_z, samples_per_class=args.samples_per_class, save_images=args.save_images)
+        data = dict(module.hparams.data, **({"root": args.data_root} if args.data_root else {}))
+        out = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+        L.seed_everything(args.seed)
+        trainer = L.Trainer(accelerator="auto", devices=1, logger=False, enable_checkpointing=False, default_root_dir=out)
+        (metrics,) = trainer.test(module, datamodule=instantiate(data), verbose=False)
+    except UserInputError as error:
+        print(f"cvae-eval: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    result = {
+        "checkpoint": str(checkpoint),
+        "recon_z": module.hparams.eval["recon_z"],
+        "seed": args.seed,
+        "test": {key.removeprefix("test/"): float(value) for key, value in metrics.items()},
+    }
+    write_json(out / "eval.json", result)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
