@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -92,6 +93,7 @@ class TrainConfig:
     task_name: str = "train"
     seed: int = 42
     ckpt_path: Optional[str] = None
+    resume: Optional[str] = None
     reference: Optional[dict[str, Any]] = None  # published numbers this run reproduces
 
 
@@ -132,9 +134,9 @@ def validate(cfg: DictConfig) -> DictConfig:
     _require(typed.eval.recon_z in RECON_Z_CHOICES, "eval.recon_z", typed.eval.recon_z, f"allowed: {' | '.join(RECON_Z_CHOICES)}")
     _require(typed.eval.samples_per_class >= 1, "eval.samples_per_class", typed.eval.samples_per_class, "must be an integer >= 1")
     _check_trainer(trainer)
+    model = _build_model(typed)
     if typed.ckpt_path is not None:
-        _require(Path(typed.ckpt_path).is_file(), "ckpt_path", typed.ckpt_path, "must be an existing checkpoint file (e.g. <run dir>/checkpoints/last.ckpt)")
-    _check_model_builds(typed)
+        _check_checkpoint(typed.ckpt_path, model)
     return cfg
 
 
@@ -149,11 +151,11 @@ def _check_trainer(trainer: DictConfig) -> None:
     _require(isinstance(max_epochs, int) and max_epochs >= 1, "trainer.max_epochs", max_epochs, "must be an integer >= 1")
 
 
-def _check_model_builds(typed: DictConfig) -> None:
+def _build_model(typed: DictConfig) -> torch.nn.Module:
     """Build the network on the declared data shape (milliseconds), so that an
     architecture that cannot handle the data fails here, not after data loading."""
     try:
-        instantiate(
+        return instantiate(
             typed.model,
             conditioning=instantiate(typed.conditioning),
             image_shape=list(typed.data.image_shape),
@@ -166,3 +168,26 @@ def _check_model_builds(typed: DictConfig) -> None:
             f"{list(typed.data.image_shape)}: {cause}. Change model.encoder / model.decoder "
             f"(see configs/model/) or choose another model."
         ) from None
+
+
+def _check_checkpoint(path: str, model: torch.nn.Module) -> None:
+    """The checkpoint must exist, load, and hold this config's network, tensor for tensor."""
+    _require(Path(path).is_file(), "ckpt_path", path, "must be an existing checkpoint file (e.g. <run dir>/checkpoints/last.ckpt)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        saved = {key.removeprefix("cvae."): tuple(value.shape) for key, value in checkpoint["state_dict"].items() if key.startswith("cvae.")}
+    except Exception as error:  # truncated, not a torch file, not a Lightning checkpoint
+        raise UserInputError(
+            f"Invalid config value ckpt_path={path!r}: the file cannot be read as a cvae-exp checkpoint "
+            f"({type(error).__name__}: {str(error)[:200]}); it may be truncated. Use a .ckpt written by "
+            f"cvae-train, e.g. <run dir>/checkpoints/last.ckpt."
+        ) from None
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    if saved != expected:
+        different = sorted(set(saved.items()) ^ set(expected.items()))[0][0]
+        raise UserInputError(
+            f"Invalid config value ckpt_path={path!r}: the checkpoint holds another model than this "
+            f"config builds (first difference at {different}: {saved.get(different)} in the checkpoint, "
+            f"{expected.get(different)} here). Resume with the run's own config (resume=<run dir>) "
+            f"or set model/conditioning/data as they were."
+        )

@@ -1,6 +1,21 @@
-"""The one error type for bad user input: the entry points print its message and exit non-zero."""
+"""Errors the entry points report as one paragraph and a non-zero exit, not a traceback."""
+
+import os
+import sys
 
 
 class UserInputError(Exception):
     """A value the user gave (config, path, checkpoint) cannot be used; the message says
     which value and what is allowed, in one paragraph."""
+
+
+class TrainingDiverged(Exception):
+    """The loss became non-finite; the message names the step and the likely cause."""
+
+
+def report_and_exit(error: Exception, program: str, status: int = 2) -> None:
+    """One paragraph on stderr and a non-zero exit; HYDRA_FULL_ERROR=1 shows the traceback."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise error
+    print(f"{program}: error: {error}", file=sys.stderr)
+    sys.exit(status)

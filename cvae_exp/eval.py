@@ -7,13 +7,12 @@ eval.json next to the run's metrics.json.
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
 
-from cvae_exp.errors import UserInputError
+from cvae_exp.errors import UserInputError, report_and_exit
 from cvae_exp.module import RECON_Z_CHOICES, CVAEModule
 from cvae_exp.train import write_json
 
@@ -57,8 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         trainer = L.Trainer(accelerator="auto", devices=1, logger=False, enable_checkpointing=False, default_root_dir=out)
         (metrics,) = trainer.test(module, datamodule=instantiate(data), verbose=False)
     except UserInputError as error:
-        print(f"cvae-eval: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        report_and_exit(error, "cvae-eval")
     result = {
         "checkpoint": str(checkpoint),
         "recon_z": module.hparams.eval["recon_z"],

@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from torchmetrics import MeanSquaredError, MetricCollection
 from torchmetrics.image import StructuralSimilarityIndexMeasure
 
+from cvae_exp.errors import TrainingDiverged
 from cvae_exp.evaluation import generate_per_class, grade, save_grader_images
 from cvae_exp.metrics import quantize_uint8
 from cvae_exp.models import CVAE
@@ -51,9 +52,24 @@ class CVAEModule(L.LightningModule):
         output = self.cvae(images, labels)
         beta = self.objective.beta_at(self.global_step)
         terms = self.objective(images, output.logits, output.mu, output.logvar, beta)
+        self._stop_if_diverged(terms)
         self.log_dict({f"train/{name}": value for name, value in terms.items()}, on_step=False, on_epoch=True)
         self.log("train/beta", beta, on_step=False, on_epoch=True)
         return terms["loss"]
+
+    def _stop_if_diverged(self, terms: dict[str, torch.Tensor]) -> None:
+        """Stop before a non-finite loss reaches the weights. Lightning's own checks act
+        on logged metrics at epoch or validation ends, after NaN has spread; this one
+        costs one host sync per step."""
+        if torch.isfinite(terms["loss"]):
+            return
+        raise TrainingDiverged(
+            f"Training diverged: the loss is {terms['loss'].item()} (reconstruction {terms['recon'].item()}, "
+            f"KL {terms['kl'].item()}) at step {self.global_step}, epoch {self.current_epoch}. The likely cause "
+            f"is a learning rate too high for this model (optim.lr={self.hparams.optim['lr']}); try a smaller "
+            f"optim.lr, a KL warm-up (loss.warmup_steps) or trainer.precision=32-true. Checkpoints written "
+            f"before this step are kept; the best is the last with a finite validation loss."
+        )
 
     def _evaluate(self, batch, stage: str) -> torch.Tensor:
         """Log the objective's terms and return the reconstruction (pixel means) of the

@@ -7,13 +7,12 @@ and writes table.md, table.csv and table.png (published vs our Score per row).
 import argparse
 import csv
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
-from cvae_exp.errors import UserInputError
+from cvae_exp.errors import UserInputError, report_and_exit
 
 COLUMNS = [
     "run", "epochs", "latent_dim", "lr", "report_score", "ssim", "mse", "fid",
@@ -107,8 +106,7 @@ def main(argv: list[str] | None = None) -> None:
             raise UserInputError(f"The sweep directory {str(args.sweep_dir)!r} does not exist; pass the directory of a Hydra multirun (e.g. outputs/multiruns/<time>).")
         rows = collect(args.sweep_dir)
     except UserInputError as error:
-        print(f"cvae-table: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        report_and_exit(error, "cvae-table")
     out = args.out or args.sweep_dir
     out.mkdir(parents=True, exist_ok=True)
     write_markdown(rows, out / "table.md")

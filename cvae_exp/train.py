@@ -2,7 +2,6 @@
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -10,11 +9,12 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cvae_exp.config import validate
-from cvae_exp.errors import UserInputError
+from cvae_exp.errors import TrainingDiverged, UserInputError, report_and_exit
 from cvae_exp.module import CVAEModule
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
@@ -31,8 +31,13 @@ def train(cfg: DictConfig) -> float:
     loggers = [instantiate(logger) for logger in (cfg.logger or {}).values()]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
+    metrics_file = Path(cfg.paths.output_dir) / "metrics.json"
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    except (TrainingDiverged, UserInputError) as error:
+        write_json(metrics_file, {"status": "failed", "reason": str(error), "hparams": run_summary(cfg)})
+        raise
     train_time = time.perf_counter() - start
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
@@ -41,7 +46,7 @@ def train(cfg: DictConfig) -> float:
     best_val_loss = float(checkpoint.best_model_score) if best else float(trainer.callback_metrics["val/loss"])
     if trainer.is_global_zero:
         write_json(
-            Path(cfg.paths.output_dir) / "metrics.json",
+            metrics_file,
             {
                 "status": "completed",
                 "test": {key.removeprefix("test/"): float(value) for key, value in test_metrics.items()},
@@ -86,12 +91,15 @@ def write_json(path: Path, content: dict[str, Any]) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
+    """Single runs end with one paragraph and a non-zero exit on failure; a multirun's
+    failing job raises, so that Hydra records it and runs the other jobs."""
     try:
         validate(cfg)
         return train(cfg)
-    except UserInputError as error:
-        print(f"cvae-train: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    except (UserInputError, TrainingDiverged) as error:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
+        report_and_exit(error, "cvae-train", status=2 if isinstance(error, UserInputError) else 1)
 
 
 if __name__ == "__main__":

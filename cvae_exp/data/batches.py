@@ -1,6 +1,7 @@
 """Batches served by indexing tensors that already sit on the training device."""
 
 import math
+from typing import Callable
 
 import torch
 
@@ -10,7 +11,8 @@ class TensorBatches:
 
     Replaces a DataLoader: one gather and one cast per batch, no per-sample Python.
     With `shuffle`, epoch e uses the permutation seeded by `seed + e`, so a resumed run
-    sees the same order. Under data parallelism each rank takes every world_size-th index.
+    sees the same order; `current_epoch` tells e when an iteration starts (the DataModule
+    passes the trainer's). Under data parallelism each rank takes every world_size-th index.
     """
 
     def __init__(
@@ -23,20 +25,19 @@ class TensorBatches:
         dynamic_binarize: bool = False,
         rank: int = 0,
         world_size: int = 1,
-        epoch: int = 0,
+        current_epoch: Callable[[], int] = lambda: 0,
     ):
         self.images, self.labels, self.batch_size = images, labels, batch_size
         self.shuffle, self.seed, self.dynamic_binarize = shuffle, seed, dynamic_binarize
-        self.rank, self.world_size, self.epoch = rank, world_size, epoch
+        self.rank, self.world_size, self.current_epoch = rank, world_size, current_epoch
 
     def __len__(self) -> int:
         return math.ceil(len(range(self.rank, len(self.labels), self.world_size)) / self.batch_size)
 
     def __iter__(self):
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            generator = torch.Generator().manual_seed(self.seed + self.current_epoch())
             order = torch.randperm(len(self.labels), generator=generator).to(self.labels.device)
-            self.epoch += 1
         else:
             order = torch.arange(len(self.labels), device=self.labels.device)
         order = order[self.rank :: self.world_size]

@@ -65,10 +65,9 @@ class TensorDataModule(L.LightningDataModule):
 
     def _batches(self, split: str, shuffle: bool = False) -> TensorBatches:
         images, labels = self.splits[split]
-        device, rank, world_size, epoch = torch.device("cpu"), 0, 1, 0
+        device, rank, world_size = torch.device("cpu"), 0, 1
         if self.trainer is not None:
             device, rank, world_size = self.trainer.strategy.root_device, self.trainer.global_rank, self.trainer.world_size
-            epoch = self.trainer.current_epoch
         return TensorBatches(
             images.to(device),
             labels.to(device),
@@ -78,7 +77,7 @@ class TensorDataModule(L.LightningDataModule):
             dynamic_binarize=shuffle and self.binarize == "dynamic",
             rank=rank,
             world_size=world_size,
-            epoch=epoch,
+            current_epoch=lambda: self.trainer.current_epoch if self.trainer is not None else 0,
         )
 
     def train_dataloader(self) -> TensorBatches:

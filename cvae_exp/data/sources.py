@@ -1,8 +1,11 @@
 """Dataset sources: each is `load_*(root) -> ImageSplits` of uint8 tensors.
 
-Add a dataset by writing a loader here and a YAML file in configs/data/.
+Add a dataset by writing a loader here and a YAML file in configs/data/. Loaders are
+cached per process: the pre-run check, every job of a sweep and the run share one load
+(callers index into the tensors, never write to them).
 """
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +25,7 @@ class ImageSplits:
     test_labels: torch.Tensor
 
 
+@functools.cache
 def load_digits(root: Path, test_size: int = 297, split_seed: int = 0) -> ImageSplits:
     """scikit-learn's bundled handwritten digits (1797 images, 8x8, values 0..16),
     upsampled bilinearly to 28x28 so every 28x28 model config applies. Needs no
@@ -38,16 +42,22 @@ def load_digits(root: Path, test_size: int = 297, split_seed: int = 0) -> ImageS
     return ImageSplits(images[train], labels[train], images[test], labels[test])
 
 
+@functools.cache
 def load_torchvision(root: Path, dataset: str) -> ImageSplits:
     """A torchvision dataset with `.data`/`.targets` tensors (MNIST, FashionMNIST, KMNIST),
     downloaded into `root` when missing. Read as whole tensors: no PIL, no per-sample code."""
     from torchvision import datasets
 
     dataset_class = getattr(datasets, dataset)
+    root = Path(root)
+    new_dirs = [path for path in (root, root / dataset, root / dataset / "raw") if not path.exists()]
     try:
         train = dataset_class(str(root), train=True, download=True)
         test = dataset_class(str(root), train=False, download=True)
     except (OSError, RuntimeError) as error:
+        for path in reversed(new_dirs):  # leave nothing behind a failed download
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
         raise UserInputError(
             f"{dataset} is not under data.root={str(root)!r} and could not be downloaded "
             f"({error}). Either copy the four original files (train-images-idx3-ubyte.gz, "
