@@ -15,21 +15,28 @@ from omegaconf import DictConfig, OmegaConf
 
 from cvae_exp.config import validate
 from cvae_exp.errors import TrainingDiverged, UserInputError, report_and_exit
+from cvae_exp.data import TensorDataModule
 from cvae_exp.module import CVAEModule
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
 
-def train(cfg: DictConfig) -> float:
-    """Fit and test one run; returns the best validation loss (the sweep objective)."""
+def build(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> tuple[TensorDataModule, CVAEModule, L.Trainer]:
+    """Seed, then instantiate what a run is made of (also used by scripts/benchmark.py)."""
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     module = CVAEModule(
         **{key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "conditioning", "data", "loss", "optim", "eval")}
     )
-    callbacks = [instantiate(callback) for callback in (cfg.callbacks or {}).values()]
+    callbacks = [instantiate(callback) for callback in (cfg.callbacks or {}).values()] + list(extra_callbacks)
     loggers = [instantiate(logger) for logger in (cfg.logger or {}).values()]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return datamodule, module, trainer
+
+
+def train(cfg: DictConfig) -> float:
+    """Fit and test one run; returns the best validation loss (the sweep objective)."""
+    datamodule, module, trainer = build(cfg)
 
     metrics_file = Path(cfg.paths.output_dir) / "metrics.json"
     start = time.perf_counter()
