@@ -5,6 +5,9 @@ import random
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from cvae_exp import visualize
 
 
 class RandomStateCheckpoint(Callback):
@@ -37,3 +40,49 @@ class RandomStateCheckpoint(Callback):
         if "cuda" in self.pending and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(self.pending["cuda"])
         self.pending = None
+
+
+class ImageLogger(Callback):
+    """Grids in TensorBoard every `every_n_epochs` epochs and at the end of training:
+    samples with one row per class, validation images above their reconstructions, one
+    z decoded under every label, and latent interpolations between same-class pairs.
+    Drawing forks the random generators, so logging images does not change training."""
+
+    def __init__(self, every_n_epochs: int = 5, samples_per_class: int = 8, num_images: int = 8, steps: int = 10):
+        self.every_n_epochs, self.samples_per_class = every_n_epochs, samples_per_class
+        self.num_images, self.steps = num_images, steps
+        self.logged_step = -1
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self.log_images(trainer, pl_module)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self.log_images(trainer, pl_module)
+
+    def log_images(self, trainer, pl_module) -> None:
+        writers = [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+        if not writers or not trainer.is_global_zero or trainer.global_step == self.logged_step:
+            return
+        self.logged_step = trainer.global_step
+        cvae = pl_module.cvae
+        images, labels = trainer.datamodule.splits["val"]
+        images, labels = images.to(pl_module.device).float() / 255, labels.to(pl_module.device)
+        starts, ends = same_class_pairs(labels, cvae.num_classes)
+        with torch.random.fork_rng(devices=[pl_module.device] if pl_module.device.type == "cuda" else []):
+            grids = {
+                "images/samples_by_class": visualize.class_samples(cvae, torch.arange(cvae.num_classes), self.samples_per_class),
+                "images/reconstructions": visualize.reconstructions(cvae, images[: self.num_images], labels[: self.num_images]),
+                "images/label_swap": visualize.label_swap(cvae, self.num_images),
+                "images/interpolation": visualize.interpolation(cvae, images[starts], labels[starts], images[ends], labels[ends], self.steps),
+            }
+        for writer in writers:
+            for tag, grid in grids.items():
+                writer.add_image(tag, grid, trainer.global_step)
+
+
+def same_class_pairs(labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the first two images of every class that has two."""
+    firsts = [(labels == label).nonzero().flatten()[:2] for label in range(num_classes)]
+    pairs = [pair for pair in firsts if len(pair) == 2]
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])

@@ -22,6 +22,7 @@ from cvae_exp.errors import UserInputError
 from cvae_exp.module import RECON_Z_CHOICES
 from cvae_exp.objective import Objective
 
+VAL_METRICS = ("val/loss", "val/recon", "val/kl", "val/mse", "val/ssim")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "64-true", "bf16-true", "16-true")
 
 
@@ -94,6 +95,7 @@ class TrainConfig:
     seed: int = 42
     ckpt_path: Optional[str] = None
     resume: Optional[str] = None
+    optimized_metric: str = "val/loss"
     reference: Optional[dict[str, Any]] = None  # published numbers this run reproduces
 
 
@@ -133,6 +135,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     _require(optim.weight_decay >= 0, "optim.weight_decay", optim.weight_decay, "must be a number >= 0")
     _require(typed.eval.recon_z in RECON_Z_CHOICES, "eval.recon_z", typed.eval.recon_z, f"allowed: {' | '.join(RECON_Z_CHOICES)}")
     _require(typed.eval.samples_per_class >= 1, "eval.samples_per_class", typed.eval.samples_per_class, "must be an integer >= 1")
+    _require(typed.optimized_metric in VAL_METRICS, "optimized_metric", typed.optimized_metric, f"allowed: {' | '.join(VAL_METRICS)}")
     _check_trainer(trainer)
     model = _build_model(typed)
     if typed.ckpt_path is not None:

@@ -1,12 +1,15 @@
 """`cvae-table <sweep dir>`: one row per run of a sweep, beside the published numbers.
 
 Reads every job's metrics.json (a job without one is shown as missing, not skipped)
-and writes table.md, table.csv and table.png (published vs our Score per row).
+and writes table.md, table.csv and table.png (published vs our Score per row). Runs
+that differ only by seed are also summarised as mean and standard deviation in
+table_seeds.md and table_seeds.csv.
 """
 
 import argparse
 import csv
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,8 @@ COLUMNS = [
     "run", "epochs", "latent_dim", "lr", "report_score", "ssim", "mse", "fid",
     "score", "score_uncapped", "diff", "train_min", "status",
 ]
+METRICS = ("ssim", "mse", "fid", "score", "score_uncapped")
+SEED_COLUMNS = ["runs", "seeds", "epochs", "latent_dim", "lr", "report_score"] + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
 DIGITS = {"ssim": 4, "mse": 4, "fid": 4, "score": 2, "score_uncapped": 2, "report_score": 2, "diff": 2, "train_min": 1}
 
 
@@ -49,31 +54,53 @@ def _row(job: Path) -> dict[str, Any]:
         "report_score": reference.get("score"), **{key: test.get(key) for key in ("ssim", "mse", "fid", "score", "score_uncapped")},
         "train_min": metrics["train_time_s"] / 60 if "train_time_s" in metrics else None,
         "status": metrics["status"] if "reason" not in metrics else f"{metrics['status']}: {metrics['reason']}",
+        "hparams": hparams,
     }
     if row["score"] is not None and row["report_score"] is not None:
         row["diff"] = row["score"] - row["report_score"]
     return row
 
 
+def group_by_seed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Completed runs whose hyperparameters are equal but for the seed, as mean and std."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["status"] == "completed":
+            key = tuple(sorted((name, str(value)) for name, value in row["hparams"].items() if name != "seed"))
+            groups.setdefault(key, []).append(row)
+    summaries = []
+    for members in groups.values():
+        first = members[0]
+        summary = {"runs": len(members), "seeds": " ".join(str(m["hparams"]["seed"]) for m in members)}
+        summary |= {key: first[key] for key in ("epochs", "latent_dim", "lr", "report_score")}
+        for metric in METRICS:
+            values = [m[metric] for m in members if m[metric] is not None]
+            summary[f"{metric}_mean"] = statistics.mean(values) if values else None
+            summary[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else None
+        summaries.append(summary)
+    return summaries
+
+
 def _format(column: str, value: Any) -> str:
     if value is None:
         return ""
+    column = column.removesuffix("_mean").removesuffix("_std")
     if column in DIGITS:
         return f"{value:+.{DIGITS[column]}f}" if column == "diff" else f"{value:.{DIGITS[column]}f}"
     return str(value)
 
 
-def write_markdown(rows: list[dict[str, Any]], path: Path) -> None:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_format(c, row.get(c)) for c in COLUMNS) + " |" for row in rows]
+def write_markdown(rows: list[dict[str, Any]], columns: list[str], path: Path) -> None:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_format(c, row.get(c)) for c in columns) + " |" for row in rows]
     path.write_text("\n".join(lines) + "\n")
 
 
-def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+def write_csv(rows: list[dict[str, Any]], columns: list[str], path: Path) -> None:
     with path.open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=COLUMNS)
+        writer = csv.DictWriter(file, fieldnames=columns)
         writer.writeheader()
-        writer.writerows({c: row.get(c) for c in COLUMNS} for row in rows)
+        writer.writerows({c: row.get(c) for c in columns} for row in rows)
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -109,10 +136,15 @@ def main(argv: list[str] | None = None) -> None:
         report_and_exit(error, "cvae-table")
     out = args.out or args.sweep_dir
     out.mkdir(parents=True, exist_ok=True)
-    write_markdown(rows, out / "table.md")
-    write_csv(rows, out / "table.csv")
+    write_markdown(rows, COLUMNS, out / "table.md")
+    write_csv(rows, COLUMNS, out / "table.csv")
     plot(rows, out / "table.png")
     print((out / "table.md").read_text(), end="")
+    seeds = group_by_seed(rows)
+    if any(group["runs"] > 1 for group in seeds):
+        write_markdown(seeds, SEED_COLUMNS, out / "table_seeds.md")
+        write_csv(seeds, SEED_COLUMNS, out / "table_seeds.csv")
+        print("\nOver seeds (mean, std):\n" + (out / "table_seeds.md").read_text(), end="")
 
 
 if __name__ == "__main__":

@@ -8,9 +8,11 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from cvae_exp.config import validate
@@ -35,9 +37,10 @@ def build(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> tuple[Tens
 
 
 def train(cfg: DictConfig) -> float:
-    """Fit and test one run; returns the best validation loss (the sweep objective)."""
+    """Fit, then validate and test the best checkpoint; returns its validation
+    `optimized_metric` (what a sweeper such as Optuna optimises)."""
+    share_cores_with_parallel_jobs()
     datamodule, module, trainer = build(cfg)
-
     metrics_file = Path(cfg.paths.output_dir) / "metrics.json"
     start = time.perf_counter()
     try:
@@ -46,28 +49,54 @@ def train(cfg: DictConfig) -> float:
         write_json(metrics_file, {"status": "failed", "reason": str(error), "hparams": run_summary(cfg)})
         raise
     train_time = time.perf_counter() - start
+    if torch.distributed.is_initialized():  # data parallel: rank 0 evaluates alone, on one device
+        torch.distributed.destroy_process_group()
+        if not trainer.is_global_zero:
+            return float("nan")
+
+    evaluator = trainer if trainer.world_size == 1 else single_device_trainer(trainer)
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
-    test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+    (val_metrics,) = evaluator.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+    (test_metrics,) = evaluator.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+    summary = run_summary(cfg)
+    for logger in evaluator.loggers:  # the HParams tab: hyperparameters beside final test metrics
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(summary, metrics=dict(test_metrics))
+    write_json(
+        metrics_file,
+        {
+            "status": "completed",
+            "test": {key.removeprefix("test/"): float(value) for key, value in test_metrics.items()},
+            "val": {key.removeprefix("val/"): float(value) for key, value in val_metrics.items()},
+            "recon_z": cfg.eval.recon_z,
+            "score_form": "conditional" if module.cvae.encoder.conditioning.is_conditional else "unconditional",
+            "reference": OmegaConf.to_container(cfg.reference) if cfg.reference else None,
+            "best_checkpoint": best,
+            "epochs": trainer.current_epoch,
+            "train_time_s": train_time,
+            "hparams": summary,
+        },
+    )
+    return float(val_metrics[cfg.optimized_metric])
 
-    best_val_loss = float(checkpoint.best_model_score) if best else float(trainer.callback_metrics["val/loss"])
-    if trainer.is_global_zero:
-        write_json(
-            metrics_file,
-            {
-                "status": "completed",
-                "test": {key.removeprefix("test/"): float(value) for key, value in test_metrics.items()},
-                "recon_z": cfg.eval.recon_z,
-                "score_form": "conditional" if module.cvae.encoder.conditioning.is_conditional else "unconditional",
-                "reference": OmegaConf.to_container(cfg.reference) if cfg.reference else None,
-                "best_val_loss": best_val_loss,
-                "best_checkpoint": best,
-                "epochs": trainer.current_epoch,
-                "train_time_s": train_time,
-                "hparams": run_summary(cfg),
-            },
-        )
-    return best_val_loss
+
+def share_cores_with_parallel_jobs() -> None:
+    """Under a parallel launcher (hydra/launcher=joblib), give each job its share of
+    the cores, so that n jobs do not run n * cores threads."""
+    n_jobs = HydraConfig.get().launcher.get("n_jobs") if HydraConfig.initialized() else None
+    if n_jobs:
+        cores = os.cpu_count() or 1
+        torch.set_num_threads(max(1, cores // (cores if n_jobs < 0 else n_jobs)))
+
+
+def single_device_trainer(trainer: L.Trainer) -> L.Trainer:
+    """A one-device trainer for the final evaluation of a data-parallel run, so that the
+    grader sees the whole test set (the parallel ranks each hold a shard)."""
+    return L.Trainer(
+        accelerator=trainer.accelerator, devices=1, precision=trainer.precision, logger=trainer.loggers,
+        enable_progress_bar=False, default_root_dir=trainer.default_root_dir,
+    )
 
 
 def run_summary(cfg: DictConfig) -> dict[str, Any]:

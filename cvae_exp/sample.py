@@ -1,0 +1,115 @@
+"""`cvae-sample <checkpoint or run dir> [key=value ...]`: draw an image grid from a trained CVAE.
+
+    cvae-sample outputs/runs/<time> labels=[0,3,3,7] n=16 out=grid.png
+    cvae-sample outputs/runs/<time> mode=interpolate steps=9
+    cvae-sample outputs/runs/<time>/checkpoints/last.ckpt mode=traverse dim=0 span=3 steps=11
+
+Keys (defaults in brackets):
+  labels  classes, one grid row each [every class]
+  mode    grid: n samples per label | interpolate: steps images between two random z
+          | traverse: z = 0 with coordinate `dim` swept over [-span, span] in steps [grid]
+  n       samples per row in mode=grid [8]
+  dim, span, steps   for mode=traverse (steps also for interpolate) [0, 3.0, 11]
+  seed    seed of the z draws [0]
+  out     the image file to write; its directory is created [samples.png]
+"""
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from PIL import Image
+from torchvision.utils import save_image
+
+from cvae_exp import visualize
+from cvae_exp.errors import UserInputError, report_and_exit
+from cvae_exp.eval import find_checkpoint, load_module
+from cvae_exp.models import CVAE
+
+MODES = ("grid", "interpolate", "traverse")
+KEYS = "labels (class numbers, e.g. [0,3]), n (int), out (image path), mode (grid|interpolate|traverse), dim (int), span (float), steps (int), seed (int)"
+
+
+@dataclass
+class SampleConfig:
+    labels: list[int] | None = None  # None: every class
+    n: int = 8
+    out: str = "samples.png"
+    mode: str = "grid"
+    dim: int = 0
+    span: float = 3.0
+    steps: int = 11
+    seed: int = 0
+
+
+def parse_overrides(overrides: list[str]) -> SampleConfig:
+    """`key=value` arguments onto the typed defaults, checked one at a time so that an
+    error names the argument at fault."""
+    config = OmegaConf.structured(SampleConfig)
+    for override in overrides:
+        if "=" not in override:
+            raise UserInputError(f"{override!r} is not a key=value argument; the keys are {KEYS}.")
+        try:
+            config = OmegaConf.merge(config, OmegaConf.from_dotlist([override]))
+        except (OmegaConfBaseException, yaml.YAMLError) as error:
+            reason = "not valid YAML" if isinstance(error, yaml.YAMLError) else str(error).splitlines()[0]
+            raise UserInputError(f"{override!r} cannot be used ({reason}); the keys are {KEYS}.") from None
+    config = OmegaConf.to_object(config)
+    if config.mode not in MODES:
+        raise UserInputError(f"mode={config.mode!r} is not a mode; choose one of {', '.join(MODES)}.")
+    if Path(config.out).suffix.lower() not in Image.registered_extensions():
+        raise UserInputError(f"out={config.out!r} needs an image file extension such as .png or .jpg, which picks the format.")
+    return config
+
+
+def draw(cvae: CVAE, config: SampleConfig) -> torch.Tensor:
+    """The grid of `config.mode`, seeded; values out of range for this model (a label,
+    dim) are the user's to fix, not a bug."""
+    labels = torch.tensor(range(cvae.num_classes) if config.labels is None else config.labels)
+    torch.manual_seed(config.seed)
+    try:
+        if config.mode == "grid":
+            return visualize.class_samples(cvae, labels, config.n)
+        if config.mode == "interpolate":
+            return visualize.latent_interpolation(cvae, labels, config.steps)
+        return visualize.traversal(cvae, labels, config.dim, config.span, config.steps)
+    except ValueError as error:  # an argument out of range for this model
+        raise UserInputError(f"{error}.") from None
+
+
+def save_atomically(grid: torch.Tensor, out: Path) -> None:
+    """Write through a temporary file in the same directory and rename, so that a viewer
+    never shows half an image and a failed write leaves nothing behind."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(f".{out.stem}.tmp{out.suffix}")  # the suffix tells save_image the format
+    try:
+        save_image(grid, temporary)
+        os.replace(temporary, out)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return
+    try:
+        if not argv:
+            raise UserInputError("missing the checkpoint: pass a .ckpt file or a run directory first, then key=value arguments (see cvae-sample --help).")
+        config = parse_overrides(argv[1:])
+        cvae = load_module(find_checkpoint(Path(argv[0]))).cvae
+        grid = draw(cvae, config)
+    except UserInputError as error:
+        report_and_exit(error, "cvae-sample")
+    save_atomically(grid, Path(config.out))
+    print(config.out)
+
+
+if __name__ == "__main__":
+    main()

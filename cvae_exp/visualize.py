@@ -1,0 +1,146 @@
+"""Image grids from a trained CVAE, for TensorBoard (`add_image`) and PNG files (`save_image`).
+
+Every function returns a float (C, H, W) grid in [0, 1] made by `torchvision.utils.make_grid`,
+one row per label (or style, or image pair) and one column per image in that row. Grids of
+one-channel images come back with three channels, as `make_grid` writes them.
+
+Random draws of z use torch's global RNG, as `CVAE.sample` does: call `torch.manual_seed`
+first for a repeatable grid.
+"""
+
+import functools
+
+import torch
+from torchvision.utils import make_grid
+
+from cvae_exp.models import CVAE
+
+GRID_PADDING = 2
+
+
+def _inference(draw):
+    """Draw without gradients in eval mode, then give the model back in the mode it came in,
+    so that a callback can draw grids in the middle of training."""
+
+    @functools.wraps(draw)
+    def wrapper(cvae: CVAE, *args, **kwargs) -> torch.Tensor:
+        was_training = cvae.training
+        cvae.eval()
+        try:
+            with torch.no_grad():
+                return draw(cvae, *args, **kwargs)
+        finally:
+            cvae.train(was_training)
+
+    return wrapper
+
+
+@_inference
+def class_samples(cvae: CVAE, labels: torch.Tensor, n: int) -> torch.Tensor:
+    """Row i: `n` images of class labels[i] from z ~ N(0, I)."""
+    labels = _checked_labels(cvae, labels)
+    _check_at_least("n", n, 1)
+    return _grid(cvae.sample(labels, n), columns=n)
+
+
+@_inference
+def reconstructions(cvae: CVAE, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """First row the images, second row their reconstructions from the posterior mean
+    (the model's best guess, without the sampling noise)."""
+    labels = _checked_labels(cvae, labels)
+    images = _checked_images(cvae, images, labels)
+    return _grid(torch.cat([images, cvae.reconstruct(images, labels, use_mean=True)]), columns=len(images))
+
+
+@_inference
+def label_swap(cvae: CVAE, n_styles: int) -> torch.Tensor:
+    """Row i: one z ~ N(0, I) decoded under every class 0..num_classes-1. A well-trained
+    conditional model keeps the style (slant, thickness) along the row and changes the class;
+    an unconditional one draws the same image in every column."""
+    _check_at_least("n_styles", n_styles, 1)
+    z = torch.randn(n_styles, cvae.latent_dim, device=_device(cvae)).repeat_interleave(cvae.num_classes, dim=0)
+    labels = torch.arange(cvae.num_classes, device=z.device).repeat(n_styles)
+    return _grid(cvae.decode(z, labels), columns=cvae.num_classes)
+
+
+@_inference
+def interpolation(
+    cvae: CVAE,
+    start_images: torch.Tensor,
+    start_labels: torch.Tensor,
+    end_images: torch.Tensor,
+    end_labels: torch.Tensor,
+    steps: int,
+) -> torch.Tensor:
+    """Row i: `steps` images decoded from the line between the posterior means of
+    start_images[i] and end_images[i], all under start_labels[i].
+
+    z holds the style and the label the class, so a row shows one class morphing in style;
+    pick pairs of the same label, or the end of the row is the end image's style drawn as
+    the start image's class.
+    """
+    start_labels = _checked_labels(cvae, start_labels, name="start_labels")
+    end_labels = _checked_labels(cvae, end_labels, name="end_labels")
+    if len(start_labels) != len(end_labels):
+        raise ValueError(f"start_labels has {len(start_labels)} entries and end_labels {len(end_labels)}: pass one end image per start image")
+    start, _ = cvae.encoder(_checked_images(cvae, start_images, start_labels, name="start_images"), start_labels)
+    end, _ = cvae.encoder(_checked_images(cvae, end_images, end_labels, name="end_images"), end_labels)
+    return _interpolate(cvae, start, end, start_labels, steps)
+
+
+@_inference
+def latent_interpolation(cvae: CVAE, labels: torch.Tensor, steps: int) -> torch.Tensor:
+    """Row i: `steps` images of class labels[i] along the line between two z ~ N(0, I):
+    `interpolation` without data."""
+    labels = _checked_labels(cvae, labels)
+    start, end = torch.randn(2, len(labels), cvae.latent_dim, device=labels.device)
+    return _interpolate(cvae, start, end, labels, steps)
+
+
+@_inference
+def traversal(cvae: CVAE, labels: torch.Tensor, dim: int, span: float = 3.0, steps: int = 11) -> torch.Tensor:
+    """Row i: class labels[i] decoded from z = 0 with coordinate `dim` swept over
+    [-span, span]: what that one latent coordinate controls."""
+    labels = _checked_labels(cvae, labels)
+    _check_at_least("steps", steps, 2)
+    if not 0 <= dim < cvae.latent_dim:
+        raise ValueError(f"dim={dim} is not a latent coordinate: the model's latent_dim is {cvae.latent_dim}, so dim must be in 0..{cvae.latent_dim - 1}")
+    z = torch.zeros(len(labels) * steps, cvae.latent_dim, device=labels.device)
+    z[:, dim] = torch.linspace(-span, span, steps, device=labels.device).repeat(len(labels))
+    return _grid(cvae.decode(z, labels.repeat_interleave(steps)), columns=steps)
+
+
+def _interpolate(cvae: CVAE, start: torch.Tensor, end: torch.Tensor, labels: torch.Tensor, steps: int) -> torch.Tensor:
+    """Decode `steps` evenly spaced points from start[i] to end[i] (both included) under labels[i]."""
+    _check_at_least("steps", steps, 2)
+    weights = torch.linspace(0, 1, steps, device=start.device)
+    z = torch.lerp(start[:, None], end[:, None], weights[None, :, None]).flatten(0, 1)
+    return _grid(cvae.decode(z, labels.repeat_interleave(steps)), columns=steps)
+
+
+def _grid(images: torch.Tensor, columns: int) -> torch.Tensor:
+    # White padding: the digits are white on black and would run into each other on black.
+    return make_grid(images.float().cpu(), nrow=columns, padding=GRID_PADDING, pad_value=1.0)
+
+
+def _device(cvae: CVAE) -> torch.device:
+    return next(cvae.parameters()).device
+
+
+def _checked_labels(cvae: CVAE, labels, name: str = "labels") -> torch.Tensor:
+    labels = torch.as_tensor(labels, device=_device(cvae))
+    if labels.dim() != 1 or len(labels) == 0 or labels.is_floating_point() or not ((labels >= 0) & (labels < cvae.num_classes)).all():
+        raise ValueError(f"{name}={labels.tolist()} must be a non-empty list of class numbers in 0..{cvae.num_classes - 1}")
+    return labels
+
+
+def _checked_images(cvae: CVAE, images: torch.Tensor, labels: torch.Tensor, name: str = "images") -> torch.Tensor:
+    expected = (len(labels), *cvae.image_shape)
+    if tuple(images.shape) != expected:
+        raise ValueError(f"{name} has shape {tuple(images.shape)}, expected {expected}: one {cvae.image_shape} image per label")
+    return images.to(labels.device)
+
+
+def _check_at_least(name: str, value: int, minimum: int) -> None:
+    if value < minimum:
+        raise ValueError(f"{name}={value} is too small: it must be at least {minimum}")
