@@ -7,14 +7,18 @@ with one paragraph that names the key, the value and what is allowed.
 """
 
 import inspect
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import lightning as L
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from cvae_exp.data.datamodule import BINARIZE_CHOICES
@@ -22,6 +26,7 @@ from cvae_exp.errors import UserInputError
 from cvae_exp.module import RECON_Z_CHOICES
 from cvae_exp.objective import Objective
 
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 VAL_METRICS = ("val/loss", "val/recon", "val/kl", "val/mse", "val/ssim")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "64-true", "bf16-true", "16-true")
 
@@ -194,3 +199,18 @@ def _check_checkpoint(path: str, model: torch.nn.Module) -> None:
             f"{expected.get(different)} here). Resume with the run's own config (resume=<run dir>) "
             f"or set model/conditioning/data as they were."
         )
+
+
+def compose_train(overrides: Sequence[str], output_dir: str) -> DictConfig:
+    """The config `cvae-train <overrides>` runs, composed outside a Hydra app (tests,
+    scripts), with ${hydra:...} values resolving as in a run whose directory is `output_dir`."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.runtime.cwd = os.getcwd()
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg.hydra
+    return cfg

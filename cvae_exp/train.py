@@ -15,13 +15,10 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from cvae_exp.config import validate
+from cvae_exp.config import CONFIG_DIR, validate
 from cvae_exp.errors import TrainingDiverged, UserInputError, report_and_exit
 from cvae_exp.data import TensorDataModule
 from cvae_exp.module import CVAEModule
-
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
-
 
 def build(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> tuple[TensorDataModule, CVAEModule, L.Trainer]:
     """Seed, then instantiate what a run is made of (also used by scripts/benchmark.py)."""

@@ -4,12 +4,8 @@ import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
 
-from cvae_exp.train import CONFIG_DIR
+from cvae_exp import config
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "MNIST" / "raw"
 
@@ -18,21 +14,7 @@ SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "MNIST"
 def compose_train(tmp_path):
     """compose_train(overrides) -> the composed train config, as inside `cvae-train`,
     with its run dir in tmp_path."""
-
-    def _compose(overrides: list[str] = ()) -> DictConfig:
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfg = compose("train", overrides=[*overrides, f"hydra.run.dir={tmp_path}"], return_hydra_config=True)
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(tmp_path)
-            cfg.hydra.runtime.cwd = os.getcwd()
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            del cfg.hydra
-        return cfg
-
-    yield _compose
-    GlobalHydra.instance().clear()
+    return lambda overrides=(): config.compose_train(overrides, tmp_path)
 
 
 @pytest.fixture

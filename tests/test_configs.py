@@ -8,9 +8,9 @@ from omegaconf import OmegaConf
 
 from cvae_exp.config import validate
 from cvae_exp.errors import UserInputError
-from cvae_exp.train import CONFIG_DIR
+from cvae_exp.config import CONFIG_DIR
 
-GROUPS = ["data", "model", "conditioning", "trainer", "callbacks", "logger", "experiment", "table3", "debug"]
+GROUPS = ["data", "model", "conditioning", "trainer", "callbacks", "logger", "experiment", "table3", "hparams_search", "debug"]
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted(Path(CONFIG_DIR, group).glob("*.yaml"))]
 
 

@@ -1,0 +1,248 @@
+"""Epoch times of the framework's training path against a bare PyTorch loop and against
+the torchvision DataLoader pipeline most CVAE code uses, on MNIST-shaped data.
+
+The framework path is what `cvae-train` builds (`cvae_exp.train.build` on the composed
+config, default checkpoints and logger included); the other paths train the same CVAE on
+the same objective with plain Adam. Every path runs one warm-up epoch, then `--epochs`
+timed ones. Real MNIST is read when `<data-root>/MNIST/raw/` holds its four files;
+otherwise random uint8 images of its shape (60k train / 10k test) stand in, since the
+timings do not depend on the pixels.
+
+    python scripts/benchmark.py          # the whole grid: 2 models x 2 batch sizes x 2 precisions
+    python scripts/benchmark.py --models mlp --batch-sizes 1024 --precisions bf16-mixed --epochs 5
+    python scripts/benchmark.py --models mlp --epochs 1 --limit-batches 5   # does every path run?
+
+Prints the median training-phase epoch time of each path (seconds), the ratios
+framework/bare and pipeline/framework, the framework's whole epoch (validation and
+checkpointing included) and its test stage against one epoch (eval/epoch); writes the
+same table as CSV (--out).
+"""
+
+import argparse
+import csv
+import functools
+import itertools
+import logging
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from statistics import median
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision import datasets
+from torchvision.transforms import ToTensor
+
+from cvae_exp.config import compose_train, validate
+from cvae_exp.data import ImageSplits
+from cvae_exp.objective import Objective
+from cvae_exp.train import build
+
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+@functools.cache
+def random_mnist(root: Path) -> ImageSplits:
+    """The framework's data source when MNIST is absent: its shapes and sizes, random content."""
+    generator = torch.Generator().manual_seed(0)
+
+    def split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=generator), torch.randint(0, 10, (n,), generator=generator)
+
+    return ImageSplits(*split(60_000), *split(10_000))
+
+
+def has_mnist(root: Path) -> bool:
+    """torchvision reads MNIST offline from the four files, compressed or extracted."""
+    raw = root / "MNIST" / "raw"
+    return all((raw / name).is_file() or (raw / f"{name}.gz").is_file() for name in MNIST_FILES)
+
+
+def now(device: torch.device) -> float:
+    """Wall time once queued GPU work is done, so that an epoch is not timed by its launches."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+class EpochTimer(L.Callback):
+    """Per epoch: the training phase (epoch start to the start of validation, which
+    Lightning runs before `on_train_epoch_end`) and the whole epoch (one epoch start to
+    the next, or to the end of fit), which adds validation, logging and checkpointing."""
+
+    def __init__(self):
+        self.training: list[float] = []
+        self.whole: list[float] = []
+        self.start: float | None = None
+        self.in_training = False
+
+    def on_train_epoch_start(self, trainer, module):
+        start = now(trainer.strategy.root_device)
+        if self.start is not None:
+            self.whole.append(start - self.start)
+        self.start, self.in_training = start, True
+
+    def on_validation_start(self, trainer, module):
+        if not trainer.sanity_checking:
+            self._end_training_phase(trainer)
+
+    def on_train_epoch_end(self, trainer, module):
+        self._end_training_phase(trainer)  # epochs without validation
+
+    def on_fit_end(self, trainer, module):
+        self.whole.append(now(trainer.strategy.root_device) - self.start)
+
+    def _end_training_phase(self, trainer):
+        if self.in_training:
+            self.training.append(now(trainer.strategy.root_device) - self.start)
+            self.in_training = False
+
+
+def train_epochs(cfg: DictConfig, batches, device: torch.device, epochs: int) -> list[float]:
+    """Times of plain Adam on the objective over `batches()` (one iterable per epoch),
+    with the CVAE built as CVAEModule builds it; the warm-up epoch is left out."""
+    torch.manual_seed(cfg.seed)
+    model = instantiate(
+        cfg.model, conditioning=instantiate(cfg.conditioning), image_shape=list(cfg.data.image_shape), num_classes=cfg.data.num_classes
+    ).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    objective = Objective(**cfg.loss)
+    bf16 = cfg.trainer.precision == "bf16-mixed"
+    times = []
+    for _ in range(epochs + 1):
+        start = now(device)
+        for images, labels in batches():
+            images, labels = images.to(device), labels.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                output = model(images, labels)
+                loss = objective(images, output.logits, output.mu, output.logvar, objective.beta)["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        times.append(now(device) - start)
+    return times[1:]
+
+
+def tensor_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, limit: int | None, device: torch.device):
+    """The bare loop's data: a random permutation per epoch indexing uint8 tensors on the device."""
+    images, labels = images.to(device), labels.to(device)
+
+    def epoch():
+        for index in itertools.islice(torch.randperm(len(labels), device=device).split(batch_size), limit):
+            yield images[index].float() / 255, labels[index]
+
+    return epoch
+
+
+class PILImages(Dataset):
+    """What torchvision's MNIST does per sample, over tensors: a PIL image, then the transform."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels, self.transform = images, labels, ToTensor()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        return self.transform(Image.fromarray(self.images[index, 0].numpy())), int(self.labels[index])
+
+
+def loader_batches(dataset: Dataset, batch_size: int, workers: int, limit: int | None):
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers)
+    return lambda: itertools.islice(loader, limit)
+
+
+def benchmark(overrides: list[str], real: bool, root: Path, args, device: torch.device) -> dict:
+    """One row of the table: every path on one (model, batch size, precision)."""
+    with tempfile.TemporaryDirectory() as run_dir:
+        cfg = validate(compose_train(overrides, run_dir))
+        timer = EpochTimer()
+        datamodule, module, trainer = build(cfg, extra_callbacks=[timer])
+        trainer.fit(module, datamodule=datamodule)
+        start = now(device)
+        trainer.test(module, datamodule=datamodule, verbose=False)
+        eval_s = now(device) - start
+    images, labels = datamodule.splits["train"]  # the framework's 50k training images, for every path
+    pipeline_data = Subset(datasets.MNIST(root, train=True, download=True, transform=ToTensor()), range(len(labels))) if real else PILImages(images, labels)
+    batch_size, limit = cfg.data.batch_size, args.limit_batches
+    framework = median(timer.training[1:])
+    bare = median(train_epochs(cfg, tensor_batches(images, labels, batch_size, limit, device), device, args.epochs))
+    w0, w2 = (median(train_epochs(cfg, loader_batches(pipeline_data, batch_size, workers, limit), device, args.epochs)) for workers in (0, 2))
+    row = {"framework_s": framework, "framework_whole_s": median(timer.whole[1:]), "bare_s": bare, "pipeline_w0_s": w0, "pipeline_w2_s": w2}
+    row |= {"framework/bare": framework / bare, "pipeline_w0/framework": w0 / framework, "pipeline_w2/framework": w2 / framework}
+    row |= {"eval_s": eval_s, "eval/epoch": eval_s / framework}
+    return {key: round(value, 4) for key, value in row.items()}
+
+
+def cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.machine())
+
+
+def print_table(rows: list[dict]) -> None:
+    cells = [list(rows[0])] + [[f"{value:.3f}" if isinstance(value, float) else str(value) for value in row.values()] for row in rows]
+    widths = [max(len(row[column]) for row in cells) for column in range(len(cells[0]))]
+    for row in cells:
+        print("  ".join(cell.rjust(width) for cell, width in zip(row, widths)))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per path, after one warm-up epoch")
+    parser.add_argument("--models", nargs="+", default=["mlp", "conv"], choices=["mlp", "conv"])
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[128, 1024])
+    parser.add_argument("--precisions", nargs="+", default=["32-true", "bf16-mixed"], choices=["32-true", "bf16-mixed"])
+    parser.add_argument("--data-root", type=Path, default=Path("data"), help="a directory holding MNIST/raw/ (else random data)")
+    parser.add_argument("--out", type=Path, default=Path("outputs/benchmark/benchmark.csv"))
+    parser.add_argument("--limit-batches", type=int, default=None, help="for smoke runs: at most K batches per epoch in every path and stage")
+    parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    args = parser.parse_args()
+    if args.epochs < 1:
+        parser.error("--epochs must be at least 1 (a median needs a timed epoch)")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    root, real = args.data_root.resolve(), has_mnist(args.data_root.resolve())
+    gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs; torch {torch.__version__}, {torch.get_num_threads()} threads; device {device}{gpu}")
+    print(f"data: MNIST from {root}" if real else f"data: random uint8 tensors of MNIST's shape (60k train / 10k test, seed 0): no MNIST files in {root}/MNIST/raw")
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # no per-run banners between the results
+
+    common = ["data=mnist", f"data.root='{root}'", f"trainer.accelerator={device.type}", f"trainer.max_epochs={args.epochs + 1}"]
+    common += ["callbacks.progress_bar.refresh_rate=0"]  # printing would be timed too
+    common += ["++trainer.enable_model_summary=false"]  # printed before the timed epochs; it would bury the results
+    if not real:
+        common += [f"data.source._target_={random_mnist.__module__}.random_mnist", "~data.source.dataset"]
+    if args.limit_batches:
+        common += [f"++trainer.limit_{stage}_batches={args.limit_batches}" for stage in ("train", "val", "test")]
+    rows = []
+    for model, batch_size, precision in itertools.product(args.models, args.batch_sizes, args.precisions):
+        overrides = [*common, f"model={model}", f"data.batch_size={batch_size}", f"trainer.precision={precision}"]
+        config = {"model": model, "batch_size": batch_size, "precision": precision, "data": "mnist" if real else "random"}
+        rows.append(config | benchmark(overrides, real, root, args, device))
+
+    print(f"\nmedian epoch times in seconds (training phase; framework_whole_s adds validation and checkpoints), {args.epochs} timed epochs after 1 warm-up")
+    print_table(rows)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"\nwritten to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
