@@ -51,10 +51,11 @@ def train(cfg: DictConfig) -> float:
         if not trainer.is_global_zero:
             return float("nan")
 
-    evaluator = trainer if trainer.world_size == 1 else single_device_trainer(trainer)
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
-    (val_metrics,) = evaluator.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+    # Validate the best checkpoint again for the value returned, unlogged: its epoch is on the curves already.
+    (val_metrics,) = single_device_trainer(trainer, loggers=[]).validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+    evaluator = trainer if trainer.world_size == 1 else single_device_trainer(trainer, loggers=trainer.loggers)
     (test_metrics,) = evaluator.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
     summary = run_summary(cfg)
     for logger in evaluator.loggers:  # the HParams tab: hyperparameters beside final test metrics
@@ -87,12 +88,12 @@ def share_cores_with_parallel_jobs() -> None:
         torch.set_num_threads(max(1, cores // (cores if n_jobs < 0 else n_jobs)))
 
 
-def single_device_trainer(trainer: L.Trainer) -> L.Trainer:
-    """A one-device trainer for the final evaluation of a data-parallel run, so that the
-    grader sees the whole test set (the parallel ranks each hold a shard)."""
+def single_device_trainer(trainer: L.Trainer, loggers: list) -> L.Trainer:
+    """A one-device trainer like `trainer` for the final evaluation, so that the grader
+    sees the whole test set also after data-parallel training (each rank holds a shard)."""
     return L.Trainer(
-        accelerator=trainer.accelerator, devices=1, precision=trainer.precision, logger=trainer.loggers,
-        enable_progress_bar=False, default_root_dir=trainer.default_root_dir,
+        accelerator=trainer.accelerator, devices=1, precision=trainer.precision, logger=loggers or False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=trainer.default_root_dir,
     )
 
 
