@@ -53,9 +53,21 @@ class CVAEModule(L.LightningModule):
         beta = self.objective.beta_at(self.global_step)
         terms = self.objective(images, output.logits, output.mu, output.logvar, beta)
         self._stop_if_diverged(terms)
-        self.log_dict({f"train/{name}": value for name, value in terms.items()}, on_step=False, on_epoch=True)
-        self.log("train/beta", beta, on_step=False, on_epoch=True)
+        self.train_sums += torch.stack(list(terms.values())).detach() * len(images)
+        self.train_count += len(images)
         return terms["loss"]
+
+    def on_train_epoch_start(self):
+        """Epoch means are summed here and logged once per epoch: calling `self.log` on
+        every step costs about 1 ms a step, 10% of an MLP step at batch 128 on a CPU
+        (scripts/benchmark.py)."""
+        self.train_sums = torch.zeros(3, device=self.device)
+        self.train_count = 0
+
+    def on_train_epoch_end(self):
+        means = (self.train_sums / max(self.train_count, 1)).tolist()
+        self.log_dict({f"train/{name}": mean for name, mean in zip(("loss", "recon", "kl"), means)}, sync_dist=True)
+        self.log("train/beta", self.objective.beta_at(self.global_step))
 
     def _stop_if_diverged(self, terms: dict[str, torch.Tensor]) -> None:
         """Stop before a non-finite loss reaches the weights. Lightning's own checks act

@@ -1,4 +1,5 @@
-"""`cvae-train`: compose the config, validate it, fit, test, write metrics.json."""
+"""`cvae-train`: validate the composed config, fit, validate and test the best checkpoint,
+write metrics.json."""
 
 import json
 import os
@@ -16,9 +17,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from cvae_exp.config import CONFIG_DIR, validate
-from cvae_exp.errors import TrainingDiverged, UserInputError, report_and_exit
 from cvae_exp.data import TensorDataModule
+from cvae_exp.errors import TrainingDiverged, UserInputError, report_and_exit
 from cvae_exp.module import CVAEModule
+
 
 def build(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> tuple[TensorDataModule, CVAEModule, L.Trainer]:
     """Seed, then instantiate what a run is made of (also used by scripts/benchmark.py)."""
@@ -43,7 +45,8 @@ def train(cfg: DictConfig) -> float:
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     except (TrainingDiverged, UserInputError) as error:
-        write_json(metrics_file, {"status": "failed", "reason": str(error), "hparams": run_summary(cfg)})
+        if trainer.is_global_zero:
+            write_json(metrics_file, {"status": "failed", "reason": str(error), "hparams": run_summary(cfg)})
         raise
     train_time = time.perf_counter() - start
     if torch.distributed.is_initialized():  # data parallel: rank 0 evaluates alone, on one device
@@ -118,7 +121,7 @@ def run_summary(cfg: DictConfig) -> dict[str, Any]:
 
 def write_json(path: Path, content: dict[str, Any]) -> None:
     """Write through a temporary file and rename, so readers never see half a file."""
-    temporary = path.with_name(f".{path.name}.tmp")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temporary.write_text(json.dumps(content, indent=2) + "\n")
     os.replace(temporary, path)
 
