@@ -4,7 +4,8 @@ the torchvision DataLoader pipeline most CVAE code uses, on MNIST-shaped data.
 The framework path is what `cvae-train` builds (`cvae_exp.train.build` on the composed
 config, default checkpoints and logger included); the other paths train the same CVAE on
 the same objective with plain Adam. Every path runs one warm-up epoch, then `--epochs`
-timed ones. Real MNIST is read when `<data-root>/MNIST/raw/` holds its four files;
+timed ones; their epochs alternate (framework, bare, pipelines, framework, ...) so that
+all paths see the same drift of a noisy machine. Real MNIST is read when `<data-root>/MNIST/raw/` holds its four files;
 otherwise random uint8 images of its shape (60k train / 10k test) stand in, since the
 timings do not depend on the pixels.
 
@@ -72,21 +73,20 @@ def now(device: torch.device) -> float:
 
 
 class EpochTimer(L.Callback):
-    """Per epoch: the training phase (epoch start to the start of validation, which
-    Lightning runs before `on_train_epoch_end`) and the whole epoch (one epoch start to
-    the next, or to the end of fit), which adds validation, logging and checkpointing."""
+    """Per framework epoch: the training phase (epoch start to the start of validation,
+    which Lightning runs before `on_train_epoch_end`) and the whole epoch (validation,
+    logging and checkpointing added). After each epoch it runs `between_epochs`, so that the
+    other paths' epochs alternate with the framework's and see the same machine drift."""
 
-    def __init__(self):
+    def __init__(self, between_epochs=lambda: None):
+        self.between_epochs = between_epochs
         self.training: list[float] = []
         self.whole: list[float] = []
-        self.start: float | None = None
+        self.start = 0.0
         self.in_training = False
 
     def on_train_epoch_start(self, trainer, module):
-        start = now(trainer.strategy.root_device)
-        if self.start is not None:
-            self.whole.append(start - self.start)
-        self.start, self.in_training = start, True
+        self.start, self.in_training = now(trainer.strategy.root_device), True
 
     def on_validation_start(self, trainer, module):
         if not trainer.sanity_checking:
@@ -94,9 +94,8 @@ class EpochTimer(L.Callback):
 
     def on_train_epoch_end(self, trainer, module):
         self._end_training_phase(trainer)  # epochs without validation
-
-    def on_fit_end(self, trainer, module):
         self.whole.append(now(trainer.strategy.root_device) - self.start)
+        self.between_epochs()
 
     def _end_training_phase(self, trainer):
         if self.in_training:
@@ -104,29 +103,31 @@ class EpochTimer(L.Callback):
             self.in_training = False
 
 
-def train_epochs(cfg: DictConfig, batches, device: torch.device, epochs: int) -> list[float]:
-    """Times of plain Adam on the objective over `batches()` (one iterable per epoch),
-    with the CVAE built as CVAEModule builds it; the warm-up epoch is left out."""
-    torch.manual_seed(cfg.seed)
-    model = instantiate(
-        cfg.model, conditioning=instantiate(cfg.conditioning), image_shape=list(cfg.data.image_shape), num_classes=cfg.data.num_classes
-    ).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    objective = Objective(**cfg.loss)
-    bf16 = cfg.trainer.precision == "bf16-mixed"
-    times = []
-    for _ in range(epochs + 1):
-        start = now(device)
-        for images, labels in batches():
-            images, labels = images.to(device), labels.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                output = model(images, labels)
-                loss = objective(images, output.logits, output.mu, output.logvar, objective.beta)["loss"]
-            optimizer.zero_grad(set_to_none=True)
+class PlainLoop:
+    """Plain Adam on the objective over `batches()` (one iterable per epoch), with the
+    CVAE built as CVAEModule builds it; `epoch()` trains one epoch and records its time."""
+
+    def __init__(self, cfg: DictConfig, batches, device: torch.device):
+        torch.manual_seed(cfg.seed)
+        self.model = instantiate(
+            cfg.model, conditioning=instantiate(cfg.conditioning), image_shape=list(cfg.data.image_shape), num_classes=cfg.data.num_classes
+        ).to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.objective = Objective(**cfg.loss)
+        self.bf16 = cfg.trainer.precision == "bf16-mixed"
+        self.batches, self.device, self.times = batches, device, []
+
+    def epoch(self) -> None:
+        start = now(self.device)
+        for images, labels in self.batches():
+            images, labels = images.to(self.device), labels.to(self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                output = self.model(images, labels)
+                loss = self.objective(images, output.logits, output.mu, output.logvar, self.objective.beta)["loss"]
+            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
-        times.append(now(device) - start)
-    return times[1:]
+            self.optimizer.step()
+        self.times.append(now(self.device) - start)
 
 
 def tensor_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, limit: int | None, device: torch.device):
@@ -159,21 +160,27 @@ def loader_batches(dataset: Dataset, batch_size: int, workers: int, limit: int |
 
 
 def benchmark(overrides: list[str], real: bool, root: Path, args, device: torch.device) -> dict:
-    """One row of the table: every path on one (model, batch size, precision)."""
+    """One row of the table: every path on one (model, batch size, precision), their
+    epochs alternating; each path's first epoch is a warm-up and left out."""
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = validate(compose_train(overrides, run_dir))
-        timer = EpochTimer()
-        datamodule, module, trainer = build(cfg, extra_callbacks=[timer])
+        datamodule = instantiate(cfg.data)
+        datamodule.setup()
+        images, labels = datamodule.splits["train"]  # the framework's 50k training images, for every path
+        batch_size, limit = cfg.data.batch_size, args.limit_batches
+        pipeline_data = Subset(datasets.MNIST(root, train=True, download=True, transform=ToTensor()), range(len(labels))) if real else PILImages(images, labels)
+        loops = {
+            "bare": PlainLoop(cfg, tensor_batches(images, labels, batch_size, limit, device), device),
+            "pipeline_w0": PlainLoop(cfg, loader_batches(pipeline_data, batch_size, 0, limit), device),
+            "pipeline_w2": PlainLoop(cfg, loader_batches(pipeline_data, batch_size, 2, limit), device),
+        }
+        timer = EpochTimer(between_epochs=lambda: [loop.epoch() for loop in loops.values()])
+        _, module, trainer = build(cfg, extra_callbacks=[timer])
         trainer.fit(module, datamodule=datamodule)
         start = now(device)
         trainer.test(module, datamodule=datamodule, verbose=False)
         eval_s = now(device) - start
-    images, labels = datamodule.splits["train"]  # the framework's 50k training images, for every path
-    pipeline_data = Subset(datasets.MNIST(root, train=True, download=True, transform=ToTensor()), range(len(labels))) if real else PILImages(images, labels)
-    batch_size, limit = cfg.data.batch_size, args.limit_batches
-    framework = median(timer.training[1:])
-    bare = median(train_epochs(cfg, tensor_batches(images, labels, batch_size, limit, device), device, args.epochs))
-    w0, w2 = (median(train_epochs(cfg, loader_batches(pipeline_data, batch_size, workers, limit), device, args.epochs)) for workers in (0, 2))
+    framework, bare, w0, w2 = (median(times[1:]) for times in (timer.training, *(loop.times for loop in loops.values())))
     row = {"framework_s": framework, "framework_whole_s": median(timer.whole[1:]), "bare_s": bare, "pipeline_w0_s": w0, "pipeline_w2_s": w2}
     row |= {"framework/bare": framework / bare, "pipeline_w0/framework": w0 / framework, "pipeline_w2/framework": w2 / framework}
     row |= {"eval_s": eval_s, "eval/epoch": eval_s / framework}
