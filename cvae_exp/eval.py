@@ -22,8 +22,9 @@ def find_checkpoint(path: Path) -> Path:
     if path.is_file():
         return path
     metrics = path / "metrics.json"
-    if metrics.is_file() and json.loads(metrics.read_text()).get("best_checkpoint"):
-        return Path(json.loads(metrics.read_text())["best_checkpoint"])
+    best = json.loads(metrics.read_text()).get("best_checkpoint") if metrics.is_file() else None
+    if best:
+        return Path(best)
     if (path / "checkpoints" / "last.ckpt").is_file():
         return path / "checkpoints" / "last.ckpt"
     raise UserInputError(f"No checkpoint at {str(path)!r}: pass a .ckpt file or a run directory that holds checkpoints/last.ckpt.")
