@@ -36,6 +36,7 @@ class Objective:
     """
 
     LIKELIHOODS = ("gaussian", "bernoulli")
+    TERMS = ("loss", "recon", "kl")  # the keys of what __call__ returns, in that order
 
     def __init__(self, likelihood: str = "gaussian", var: float = 0.5, beta: float = 1.0, warmup_steps: int = 0):
         if likelihood not in self.LIKELIHOODS:
@@ -55,4 +56,4 @@ class Objective:
     def __call__(self, x, logits, mu, logvar, beta: float) -> dict[str, torch.Tensor]:
         recon = self.reconstruction(x, logits).mean()
         kl = gaussian_kl(mu, logvar).mean()
-        return {"loss": recon + beta * kl, "recon": recon, "kl": kl}
+        return dict(zip(self.TERMS, (recon + beta * kl, recon, kl)))

@@ -71,7 +71,7 @@ def train(cfg: DictConfig) -> float:
             "test": {key.removeprefix("test/"): float(value) for key, value in test_metrics.items()},
             "val": {key.removeprefix("val/"): float(value) for key, value in val_metrics.items()},
             "recon_z": cfg.eval.recon_z,
-            "score_form": "conditional" if module.cvae.encoder.conditioning.is_conditional else "unconditional",
+            "score_form": "conditional" if module.cvae.is_conditional else "unconditional",
             "reference": OmegaConf.to_container(cfg.reference) if cfg.reference else None,
             "best_checkpoint": best,
             "epochs": trainer.current_epoch,

@@ -65,9 +65,10 @@ class TensorDataModule(L.LightningDataModule):
 
     def _batches(self, split: str, shuffle: bool = False) -> TensorBatches:
         images, labels = self.splits[split]
-        device, rank, world_size = torch.device("cpu"), 0, 1
+        device, rank, world_size, current_epoch = torch.device("cpu"), 0, 1, lambda: 0
         if self.trainer is not None:
             device, rank, world_size = self.trainer.strategy.root_device, self.trainer.global_rank, self.trainer.world_size
+            current_epoch = lambda: self.trainer.current_epoch  # read when an epoch's iteration starts
         return TensorBatches(
             images.to(device),
             labels.to(device),
@@ -77,7 +78,7 @@ class TensorDataModule(L.LightningDataModule):
             dynamic_binarize=shuffle and self.binarize == "dynamic",
             rank=rank,
             world_size=world_size,
-            current_epoch=lambda: self.trainer.current_epoch if self.trainer is not None else 0,
+            current_epoch=current_epoch,
         )
 
     def train_dataloader(self) -> TensorBatches:

@@ -47,6 +47,11 @@ class CVAE(nn.Module):
         self.encoder = encoder(image_shape, latent_dim, conditioning(num_classes))
         self.decoder = decoder(image_shape, latent_dim, conditioning(num_classes))
 
+    @property
+    def is_conditional(self) -> bool:
+        """Whether labels reach the networks (decides the report's Score form)."""
+        return self.encoder.conditioning.is_conditional
+
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> CVAEOutput:
         mu, logvar = self.encoder(x, labels)
         z = reparameterize(mu, logvar)
