@@ -49,6 +49,9 @@ class ImageLogger(Callback):
     Drawing forks the random generators, so logging images does not change training."""
 
     def __init__(self, every_n_epochs: int = 5, samples_per_class: int = 8, num_images: int = 8, steps: int = 10):
+        for name, value in {"every_n_epochs": every_n_epochs, "samples_per_class": samples_per_class, "num_images": num_images, "steps": steps}.items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be an integer >= 1")
         self.every_n_epochs, self.samples_per_class = every_n_epochs, samples_per_class
         self.num_images, self.steps = num_images, steps
         self.logged_step = -1

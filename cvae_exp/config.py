@@ -17,6 +17,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
@@ -28,6 +29,10 @@ from cvae_exp.objective import Objective
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 VAL_METRICS = ("val/loss", "val/recon", "val/kl", "val/mse", "val/ssim")
+MONITORABLE = VAL_METRICS + tuple(f"train/{term}" for term in Objective.TERMS)
+# The directory cvae-train runs from; unlike ${hydra:runtime.cwd} it resolves before a
+# multirun's first job (configs/paths/default.yaml).
+OmegaConf.register_new_resolver("cwd", os.getcwd, replace=True)
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "64-true", "bf16-true", "16-true")
 
 
@@ -109,8 +114,10 @@ def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise UserInputError(f"Invalid config value {key}={value!r}: {allowed}.")
 
 
-def validate(cfg: DictConfig) -> DictConfig:
-    """Check `cfg` against the schema and the allowed ranges; raise UserInputError."""
+def validate(cfg: DictConfig, devices_here: bool = True) -> DictConfig:
+    """Check `cfg` against the schema and the allowed ranges; raise UserInputError.
+    `devices_here=False` skips the check that the accelerator exists on this machine,
+    for configs that run elsewhere (a SLURM job composed on a login node, --cfg)."""
     try:
         typed = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg)
         OmegaConf.resolve(typed)
@@ -141,14 +148,15 @@ def validate(cfg: DictConfig) -> DictConfig:
     _require(typed.eval.recon_z in RECON_Z_CHOICES, "eval.recon_z", typed.eval.recon_z, f"allowed: {' | '.join(RECON_Z_CHOICES)}")
     _require(typed.eval.samples_per_class >= 1, "eval.samples_per_class", typed.eval.samples_per_class, "must be an integer >= 1")
     _require(typed.optimized_metric in VAL_METRICS, "optimized_metric", typed.optimized_metric, f"allowed: {' | '.join(VAL_METRICS)}")
-    _check_trainer(trainer)
+    _check_trainer(trainer, devices_here)
+    _check_callbacks(typed.callbacks or {})
     model = _build_model(typed)
     if typed.ckpt_path is not None:
-        _check_checkpoint(typed.ckpt_path, model)
+        _check_checkpoint(typed.ckpt_path, model, trainer.max_epochs)
     return cfg
 
 
-def _check_trainer(trainer: DictConfig) -> None:
+def _check_trainer(trainer: DictConfig, devices_here: bool) -> None:
     allowed = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", "callbacks", "logger"}
     for key in trainer:
         if key != "_target_":
@@ -157,6 +165,28 @@ def _check_trainer(trainer: DictConfig) -> None:
     _require(precision in PRECISIONS, "trainer.precision", precision, f"allowed: {' | '.join(PRECISIONS)}")
     max_epochs = trainer.get("max_epochs")
     _require(isinstance(max_epochs, int) and max_epochs >= 1, "trainer.max_epochs", max_epochs, "must be an integer >= 1")
+    accelerator = str(trainer.get("accelerator", "auto"))
+    available = {"auto": True, "cpu": True, "gpu": torch.cuda.is_available() or torch.backends.mps.is_available(),
+                 "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    _require(accelerator in available, "trainer.accelerator", accelerator, f"allowed: {' | '.join(available)}")
+    _require(
+        available[accelerator] or not devices_here, "trainer.accelerator", accelerator,
+        "no such device is available on this machine; use trainer=default (accelerator=auto: a GPU when there is one) or trainer=cpu",
+    )
+
+
+def _check_callbacks(callbacks: DictConfig) -> None:
+    """Each callback must construct (milliseconds, nothing written) and monitor a metric
+    the module logs, so that a typo fails here and not after the first epoch."""
+    for name, callback in callbacks.items():
+        monitor = callback.get("monitor") if isinstance(callback, DictConfig) else None
+        if monitor is not None:
+            _require(monitor in MONITORABLE, f"callbacks.{name}.monitor", monitor, f"allowed: {' | '.join(MONITORABLE)}")
+        try:
+            instantiate(callback)
+        except Exception as error:
+            cause = error.__cause__ or error
+            raise UserInputError(f"Invalid config at callbacks.{name}: {cause}. See configs/callbacks/default.yaml for its keys.") from None
 
 
 def _build_model(typed: DictConfig) -> torch.nn.Module:
@@ -178,12 +208,14 @@ def _build_model(typed: DictConfig) -> torch.nn.Module:
         ) from None
 
 
-def _check_checkpoint(path: str, model: torch.nn.Module) -> None:
-    """The checkpoint must exist, load, and hold this config's network, tensor for tensor."""
+def _check_checkpoint(path: str, model: torch.nn.Module, max_epochs: int) -> None:
+    """The checkpoint must exist, load, hold this config's network tensor for tensor, and
+    leave epochs to train before max_epochs."""
     _require(Path(path).is_file(), "ckpt_path", path, "must be an existing checkpoint file (e.g. <run dir>/checkpoints/last.ckpt)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
         saved = {key.removeprefix("cvae."): tuple(value.shape) for key, value in checkpoint["state_dict"].items() if key.startswith("cvae.")}
+        epochs_done = checkpoint["epoch"] + 1  # written at the end of that (0-based) epoch
     except Exception as error:  # truncated, not a torch file, not a Lightning checkpoint
         raise UserInputError(
             f"Invalid config value ckpt_path={path!r}: the file cannot be read as a cvae-exp checkpoint "
@@ -199,6 +231,24 @@ def _check_checkpoint(path: str, model: torch.nn.Module) -> None:
             f"{expected.get(different)} here). Resume with the run's own config (resume=<run dir>) "
             f"or set model/conditioning/data as they were."
         )
+    _require(
+        max_epochs > epochs_done, "trainer.max_epochs", max_epochs,
+        f"the checkpoint ckpt_path={path!r} has trained {epochs_done} epochs already; pass trainer.max_epochs={epochs_done + 1} or more to train on from it",
+    )
+
+
+def composition_error(error: Exception, overrides: Sequence[str]) -> UserInputError:
+    """Hydra's multi-line composition message (unknown group option, unknown key, bad
+    override syntax) as one paragraph that names the overrides and what is allowed."""
+    lines = str(error).split("Config search path:")[0].split("To append to your config")[0].splitlines()
+    text = " ".join(line.strip() for line in lines if line.strip())
+    if text.startswith("Could not override"):
+        text = f"{text.removesuffix('.')}: no such key in the config (`cvae-train --cfg job` prints them all)"
+    if "Available options in" in text:
+        head, options = text.split("Available options in", 1)
+        group, names = options.split(":", 1)
+        text = f"{head.strip()}; the options of{group}: {', '.join(names.split())}"
+    return UserInputError(f"Cannot compose the config from {' '.join(overrides)}: {text.rstrip('.')}. `cvae-train --help` lists the config groups and keys.")
 
 
 def compose_train(overrides: Sequence[str], output_dir: str) -> DictConfig:
@@ -206,7 +256,10 @@ def compose_train(overrides: Sequence[str], output_dir: str) -> DictConfig:
     scripts), with ${hydra:...} values resolving as in a run whose directory is `output_dir`."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+        try:
+            cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+        except HydraException as error:
+            raise composition_error(error, overrides) from None
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(output_dir)
         cfg.hydra.runtime.cwd = os.getcwd()

@@ -2,6 +2,7 @@
 
 import os
 import sys
+import traceback
 
 
 class UserInputError(Exception):
@@ -14,8 +15,9 @@ class TrainingDiverged(Exception):
 
 
 def report_and_exit(error: Exception, program: str, status: int = 2) -> None:
-    """One paragraph on stderr and a non-zero exit; HYDRA_FULL_ERROR=1 shows the traceback."""
+    """One paragraph on stderr and a non-zero exit; HYDRA_FULL_ERROR=1 puts the traceback
+    before it (and still exits: raising would let Hydra turn a pre-run error into a warning)."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
-        raise error
+        traceback.print_exception(error, file=sys.stderr)
     print(f"{program}: error: {error}", file=sys.stderr)
     sys.exit(status)

@@ -7,6 +7,7 @@ eval.json next to the run's metrics.json.
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import lightning as L
@@ -18,13 +19,17 @@ from cvae_exp.train import write_json
 
 
 def find_checkpoint(path: Path) -> Path:
-    """A checkpoint file as given, or a run dir's best checkpoint (else last.ckpt)."""
+    """A checkpoint file as given, or a run dir's best checkpoint (metrics.json names it
+    relative to the run dir, so a moved or copied run finds its own), else last.ckpt."""
     if path.is_file():
         return path
     metrics = path / "metrics.json"
-    best = json.loads(metrics.read_text()).get("best_checkpoint") if metrics.is_file() else None
-    if best:
-        return Path(best)
+    try:
+        best = json.loads(metrics.read_text()).get("best_checkpoint") if metrics.is_file() else None
+    except ValueError:
+        raise UserInputError(f"{str(metrics)!r} is not valid JSON (a damaged file); remove it to fall back on checkpoints/last.ckpt, or pass a .ckpt file.") from None
+    if best and (path / best).is_file():
+        return path / best
     if (path / "checkpoints" / "last.ckpt").is_file():
         return path / "checkpoints" / "last.ckpt"
     raise UserInputError(f"No checkpoint at {str(path)!r}: pass a .ckpt file or a run directory that holds checkpoints/last.ckpt.")
@@ -49,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=42, help="seed of the sampling")
     args = parser.parse_args(argv)
     try:
+        if args.samples_per_class is not None and args.samples_per_class < 1:
+            raise UserInputError(f"--samples-per-class {args.samples_per_class}: must be an integer >= 1 (generated images per class for the FID).")
         checkpoint = find_checkpoint(args.path)
         module = load_module(checkpoint, recon_z=args.recon_z, samples_per_class=args.samples_per_class, save_images=args.save_images)
         data = dict(module.hparams.data, **({"root": args.data_root} if args.data_root else {}))
@@ -59,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     except UserInputError as error:
         report_and_exit(error, "cvae-eval")
     result = {
-        "checkpoint": str(checkpoint),
+        "checkpoint": os.path.relpath(checkpoint, out),  # relative, as in metrics.json
         "recon_z": module.hparams.eval["recon_z"],
         "seed": args.seed,
         "test": {key.removeprefix("test/"): float(value) for key, value in metrics.items()},

@@ -1,66 +1,174 @@
-"""Checks that run before Hydra creates a run directory, and `resume=<run dir>`.
+"""Checks that run before Hydra creates a run or sweep directory, `resume=<run dir>`, and
+the summary that ends a multirun.
 
-Hydra makes the run directory and writes .hydra/ before it calls the task function,
-so a bad value caught there would leave a half-made run behind. This Hydra callback
-validates the config and loads the data in `on_run_start`, before any of that; on
-bad input it prints one paragraph and exits with status 2, having written nothing.
-Jobs of a multirun are checked by the task function instead (each in its own dir).
+Hydra makes the run directory and writes .hydra/ before it calls the task function, so a
+bad value caught there would leave a half-made run behind. This Hydra callback checks
+first: for a single run the composed config, for a multirun every job's config (each is
+composed from the sweep's overrides as Hydra's basic sweeper will compose it), and the
+data each one loads, and that the output directory can be written. On bad input it prints
+one paragraph and exits with status 2, having written nothing.
 """
 
 import copy
+import json
 import os
 import sys
+import tempfile
 import traceback
+from datetime import datetime
 from pathlib import Path
 
+import torch
+import yaml
+from hydra import compose
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from cvae_exp.config import validate
+from cvae_exp.config import composition_error, validate
 from cvae_exp.errors import UserInputError, report_and_exit
+
+RESUMES_FILE = Path(".hydra") / "resumes.yaml"
 
 
 class Preflight(Callback):
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        try:
+        with _reported():
+            record = None
             with read_write(config), open_dict(config):
                 if config.get("resume"):
-                    continue_run(config)
+                    record = continue_run(config)
             HydraConfig.instance().set_config(config)  # resolves ${hydra:...} in the run dir
             with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
                 config.hydra.runtime.output_dir = os.path.abspath(str(config.hydra.run.dir))
             HydraConfig.instance().set_config(config)
-            task = copy.deepcopy(config)
-            with read_write(task), open_dict(task):
-                del task["hydra"]
-            validate(task)
-            instantiate(task.data).setup()
-        except UserInputError as error:
-            report_and_exit(error, "cvae-train")
-        except Exception:  # Hydra would only warn and run unchecked (or, resuming, afresh)
-            traceback.print_exc()
+            check_job(config)
+            check_writable(Path(config.hydra.runtime.output_dir), "hydra.run.dir")
+            if record is not None:
+                record_resume(Path(config.hydra.runtime.output_dir), *record)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        with _reported():
+            sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
+            if config.get("resume"):
+                raise UserInputError(f"resume={config.resume!r} continues one run; it cannot be part of a multirun (-m). Resume each run on its own.")
+            local = config.hydra.launcher._target_.endswith(("BasicLauncher", "JoblibLauncher"))  # jobs run on this machine
+            for number, overrides in enumerate(job_overrides(config)):
+                try:
+                    job = compose(config_name=kwargs.get("config_name", "train"), overrides=overrides, return_hydra_config=True)
+                except HydraException as error:
+                    raise composition_error(error, overrides) from None
+                with read_write(job.hydra.runtime), open_dict(job.hydra.runtime):
+                    job.hydra.runtime.output_dir = str(sweep_dir / str(number))
+                HydraConfig.instance().set_config(job)
+                check_job(job, devices_here=local, prefix=f"In job {number} ({' '.join(overrides) or 'no overrides'}): " if number or overrides else "")
+            HydraConfig.instance().set_config(config)
+            check_writable(sweep_dir, "hydra.sweep.dir")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        """One line for the whole sweep; a non-zero exit if any job failed."""
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        statuses = {}
+        for metrics_file in sorted(sweep_dir.glob("*/metrics.json")):
+            status = json.loads(metrics_file.read_text()).get("status", "unknown")
+            statuses.setdefault(status, []).append(metrics_file.parent.name)
+        counts = ", ".join(f"{len(jobs)} {status}" + (f" (jobs {' '.join(jobs)})" if status == "failed" else "") for status, jobs in statuses.items())
+        place = display_path(sweep_dir)
+        print(f"cvae-train: multirun finished: {counts or 'no job wrote metrics.json'}. Sweep dir: {place}; tabulate it with: cvae-table {place}")
+        if "failed" in statuses:
             sys.exit(1)
 
 
-def continue_run(config: DictConfig) -> None:
+class _reported:
+    """Bad input ends as one paragraph and exit 2; anything else as a traceback and exit 1.
+    Hydra would only warn about an exception in a callback and run unchecked."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, trace):
+        if isinstance(error, UserInputError):
+            report_and_exit(error, "cvae-train")
+        if isinstance(error, Exception):
+            traceback.print_exception(error)
+            sys.exit(1)
+        return False
+
+
+def display_path(path: Path) -> str:
+    """Relative to the working directory when inside it, as a user would type it."""
+    return os.path.relpath(path) if path.resolve().is_relative_to(Path.cwd()) else str(path)
+
+
+def check_job(config: DictConfig, devices_here: bool = True, prefix: str = "") -> None:
+    """Validate a job's config (its `hydra` node removed, as the task function gets it) and load its data."""
+    task = copy.deepcopy(config)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    try:
+        validate(task, devices_here)
+        if devices_here:  # a remote job may read its data from another root
+            instantiate(task.data).setup()
+    except UserInputError as error:
+        raise UserInputError(f"{prefix}{error}") from None
+
+
+def job_overrides(config: DictConfig) -> list[list[str]]:
+    """The override lists of a multirun's jobs, expanded by Hydra's basic sweeper. Other
+    sweepers (Optuna) draw their own values; their fixed overrides are checked here, and a
+    drawn value that fails is recorded in that job's metrics.json."""
+    arguments = list(config.hydra.overrides.task)
+    if config.hydra.sweeper._target_.endswith("BasicSweeper"):
+        arguments = [f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()] + arguments
+    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+    (jobs,) = BasicSweeper.split_arguments(parser.parse_overrides(arguments), max_batch_size=None)
+    return [list(job) for job in jobs]
+
+
+def check_writable(directory: Path, key: str) -> None:
+    """The nearest existing folder of `directory` must take a file; the probe is unnamed
+    and gone at once, so nothing is left behind."""
+    existing = directory
+    while not existing.exists():
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is a file")
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise UserInputError(
+            f"Cannot write the output directory {key}={str(directory)!r}: {error.strerror or error}. "
+            f"Run from a writable directory, or set paths.log_dir (or {key}) to a writable one."
+        ) from None
+
+
+def continue_run(config: DictConfig) -> tuple[dict, list[str]]:
     """Replace the composed config by the saved one of the run being resumed (plus value
-    overrides such as trainer.max_epochs=N) and train on in that run's directory."""
+    overrides such as trainer.max_epochs=N), so that the run trains on in its own directory
+    from checkpoints/last.ckpt. Hydra is told not to rewrite .hydra/: the original config
+    and overrides stay; `record_resume` adds the new values and a record once all checks pass."""
     run_dir = Path(config.resume).resolve()
     saved_config, last = run_dir / ".hydra" / "config.yaml", run_dir / "checkpoints" / "last.ckpt"
-    if not saved_config.is_file() or not last.is_file():
+    if not saved_config.is_file():
         raise UserInputError(
-            f"Cannot resume resume={config.resume!r}: a run directory with .hydra/config.yaml and "
-            f"checkpoints/last.ckpt is expected (e.g. outputs/runs/<date_time>); "
-            f"{'the checkpoint' if saved_config.is_file() else 'the saved config'} is missing."
+            f"Cannot resume resume={config.resume!r}: it is not a run directory (no .hydra/config.yaml there); "
+            f"pass the directory of a run cvae-train made, e.g. outputs/runs/<date_time>."
+        )
+    if not last.is_file():
+        raise UserInputError(
+            f"Cannot resume resume={config.resume!r}: checkpoints/last.ckpt is missing (a run with callbacks=none "
+            f"writes none, and a run killed in its first epoch had none yet); start a new run instead."
         )
     saved = OmegaConf.load(saved_config)
-    for override in OverridesParser.create().parse_overrides(list(config.hydra.overrides.task)):
+    overrides = [override for override in config.hydra.overrides.task if not override.startswith("resume=")]
+    for override in OverridesParser.create().parse_overrides(overrides):
         key = override.key_or_group
-        if key == "resume":
-            continue
         if key in saved and isinstance(saved[key], DictConfig):
             raise UserInputError(
                 f"Cannot change the config group {key}={override.value()} of a resumed run: "
@@ -68,10 +176,58 @@ def continue_run(config: DictConfig) -> None:
                 f"such as trainer.max_epochs=N may be overridden."
             )
         OmegaConf.update(saved, key, override.value(), force_add=True)
+    epochs_done = _epochs_in(last, run_dir)
+    max_epochs = saved.trainer.max_epochs
+    metrics_file = run_dir / "metrics.json"
+    finished = metrics_file.is_file() and json.loads(metrics_file.read_text()).get("status") in ("completed", "debug")
+    if max_epochs < epochs_done or (finished and max_epochs == epochs_done):
+        state = "is finished" if finished else "has checkpoints/last.ckpt"
+        raise UserInputError(
+            f"Cannot resume resume={config.resume!r} with trainer.max_epochs={max_epochs}: the run {state} after "
+            f"{epochs_done} epochs; pass trainer.max_epochs={epochs_done + 1} or more to train it longer."
+        )
+    new_config = OmegaConf.to_container(saved)
     saved.resume, saved.ckpt_path = str(run_dir), str(last)
     for key in [key for key in config if key != "hydra"]:
         del config[key]
     config.merge_with(saved)
     config.hydra.run.dir = str(run_dir)
+    config.hydra.output_subdir = None
     config.hydra.runtime.choices = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.runtime.choices
+    return new_config, overrides
 
+
+def _epochs_in(last: Path, run_dir: Path) -> int:
+    """Epochs done by last.ckpt; if it cannot be read, name the intact epoch checkpoint."""
+    try:
+        return torch.load(last, map_location="cpu", weights_only=False)["epoch"] + 1
+    except Exception as error:  # truncated or overwritten
+        intact = []
+        for candidate in sorted((run_dir / "checkpoints").glob("epoch_*.ckpt"), reverse=True):
+            try:
+                intact.append((candidate, torch.load(candidate, map_location="cpu", weights_only=False)["epoch"] + 1))
+                break
+            except Exception:
+                continue
+        advice = (
+            f"{intact[0][0].relative_to(run_dir)} is intact ({intact[0][1]} epochs): copy it over last.ckpt "
+            f"(cp {intact[0][0]} {last}) and resume again, or start a new run from it with ckpt_path={intact[0][0]}"
+            if intact else "no intact epoch checkpoint is left; start a new run"
+        )
+        raise UserInputError(
+            f"Cannot resume resume={str(run_dir)!r}: checkpoints/last.ckpt cannot be read ({type(error).__name__}); "
+            f"it may be truncated. {advice}."
+        ) from None
+
+
+def record_resume(run_dir: Path, new_config: dict, overrides: list[str]) -> None:
+    """The run's config with the resume's values, and one more entry in .hydra/resumes.yaml."""
+    (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(new_config)))
+    resumes = read_resumes(run_dir) + [{"time": datetime.now().isoformat(timespec="seconds"), "overrides": overrides}]
+    (run_dir / RESUMES_FILE).write_text(yaml.safe_dump(resumes, sort_keys=False))
+
+
+def read_resumes(run_dir: Path) -> list[dict]:
+    """The record of each `resume=` of a run, oldest first (metrics.json copies it)."""
+    path = run_dir / RESUMES_FILE
+    return (yaml.safe_load(path.read_text()) or []) if path.is_file() else []

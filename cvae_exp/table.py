@@ -1,8 +1,10 @@
 """`cvae-table <sweep dir>`: one row per run of a sweep, beside the published numbers.
 
-Reads every job's metrics.json (a job without one is shown as missing, not skipped)
-and writes table.md, table.csv and table.png (published vs our Score per row). Runs
-that differ only by seed are also summarised as mean and standard deviation in
+Reads every job's metrics.json (a job without one is shown as missing, a damaged one as
+unreadable, never skipped) and writes table.md, table.csv and table.png (the Score per
+run, beside the published one where the runs reproduce a table). Besides epochs, latent
+size and learning rate, every hyperparameter the sweep varied gets a column. Runs that
+differ only by seed are also summarised as mean and standard deviation in
 table_seeds.md and table_seeds.csv.
 """
 
@@ -10,20 +12,18 @@ import argparse
 import csv
 import json
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
 from cvae_exp.errors import UserInputError, report_and_exit
+from cvae_exp.summary import run_summary
 
-COLUMNS = [
-    "run", "epochs", "latent_dim", "lr", "report_score", "ssim", "mse", "fid",
-    "score", "score_uncapped", "diff", "train_min", "status",
-]
+SHOWN = ["epochs", "latent_dim", "lr"]  # always shown; other hyperparameters when they vary
 METRICS = ("ssim", "mse", "fid", "score", "score_uncapped")
-SEED_COLUMNS = ["runs", "seeds", "epochs", "latent_dim", "lr", "report_score"] + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
-DIGITS = {"ssim": 4, "mse": 4, "fid": 4, "score": 2, "score_uncapped": 2, "report_score": 2, "diff": 2, "train_min": 1}
+DIGITS = {"ssim": 4, "mse": 4, "fid": 4, "score": 2, "score_uncapped": 2, "report_score": 2, "diff": 2, "train_min": 1, "beta": 4}
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -40,41 +40,57 @@ def _job_order(job: Path):
 
 def _row(job: Path) -> dict[str, Any]:
     metrics_file = job / "metrics.json"
-    if not metrics_file.is_file():
-        cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
-        reference = cfg.get("reference") or {}
-        return {
-            "run": job.name, "epochs": cfg.trainer.max_epochs, "latent_dim": cfg.model.latent_dim, "lr": cfg.optim.lr,
-            "report_score": reference.get("score"), "status": "missing (no metrics.json: failed or still running)",
-        }
-    metrics = json.loads(metrics_file.read_text())
-    hparams, test, reference = metrics["hparams"], metrics.get("test", {}), metrics.get("reference") or {}
+    try:
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+        if metrics is not None and not isinstance(metrics.get("hparams"), dict):
+            raise ValueError("it has no hparams")
+    except ValueError as error:
+        print(f"cvae-table: warning: {metrics_file} cannot be read ({error}); its row says so.", file=sys.stderr)
+        return {"run": job.name, **_configured(job), "status": f"unreadable metrics.json: {error}"}
+    if metrics is None:
+        return {"run": job.name, **_configured(job), "status": "missing (no metrics.json: still running, or killed)"}
+    test, reference = metrics.get("test", {}), metrics.get("reference") or {}
     row = {
-        "run": job.name, "epochs": hparams["epochs"], "latent_dim": hparams["latent_dim"], "lr": hparams["lr"],
-        "report_score": reference.get("score"), **{key: test.get(key) for key in ("ssim", "mse", "fid", "score", "score_uncapped")},
+        "run": job.name, **metrics["hparams"],
+        "report_score": reference.get("score"), **{key: test.get(key) for key in METRICS},
         "train_min": metrics["train_time_s"] / 60 if "train_time_s" in metrics else None,
         "status": metrics["status"] if "reason" not in metrics else f"{metrics['status']}: {metrics['reason']}",
-        "hparams": hparams,
     }
     if row["score"] is not None and row["report_score"] is not None:
         row["diff"] = row["score"] - row["report_score"]
     return row
 
 
-def group_by_seed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _configured(job: Path) -> dict[str, Any]:
+    """What a job without readable metrics was set to run, from its saved config."""
+    try:
+        cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
+        choices = OmegaConf.load(job / ".hydra" / "hydra.yaml").hydra.runtime.choices
+        return {**run_summary(cfg, choices), "report_score": (cfg.get("reference") or {}).get("score")}
+    except Exception:  # a damaged job dir still gets its row
+        return {}
+
+
+def columns_for(rows: list[dict[str, Any]]) -> list[str]:
+    """run, the shown and varied hyperparameters, the published score if any, metrics, status."""
+    hyper = list(dict.fromkeys(key for row in rows for key in row if key not in ("run", "status", "report_score", "diff", "train_min", *METRICS)))
+    varied = [key for key in hyper if key not in SHOWN and len({str(row.get(key)) for row in rows}) > 1]
+    published = ["report_score"] if any(row.get("report_score") is not None for row in rows) else []
+    return ["run", *SHOWN, *varied, *published, *METRICS, *(["diff"] if published else []), "train_min", "status"]
+
+
+def group_by_seed(rows: list[dict[str, Any]], varied: list[str]) -> list[dict[str, Any]]:
     """Completed runs whose hyperparameters are equal but for the seed, as mean and std."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
         if row["status"] == "completed":
-            key = tuple(sorted((name, str(value)) for name, value in row["hparams"].items() if name != "seed"))
-            groups.setdefault(key, []).append(row)
+            groups.setdefault(tuple(str(row.get(key)) for key in varied if key != "seed"), []).append(row)
     summaries = []
     for members in groups.values():
-        first = members[0]
-        summary = {"runs": len(members), "seeds": " ".join(str(m["hparams"]["seed"]) for m in members)}
-        summary |= {key: first[key] for key in ("epochs", "latent_dim", "lr", "report_score")}
+        summary = {"runs": len(members), "seeds": " ".join(str(m.get("seed")) for m in members)}
+        summary |= {key: members[0].get(key) for key in varied if key != "seed"}
         for metric in METRICS:
-            values = [m[metric] for m in members if m[metric] is not None]
+            values = [m[metric] for m in members if m.get(metric) is not None]
             summary[f"{metric}_mean"] = statistics.mean(values) if values else None
             summary[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else None
         summaries.append(summary)
@@ -85,8 +101,10 @@ def _format(column: str, value: Any) -> str:
     if value is None:
         return ""
     column = column.removesuffix("_mean").removesuffix("_std")
-    if column in DIGITS:
-        return f"{value:+.{DIGITS[column]}f}" if column == "diff" else f"{value:.{DIGITS[column]}f}"
+    if column == "lr":
+        return f"{value:g}"
+    if column in DIGITS and isinstance(value, (int, float)):
+        return f"{value:+.{DIGITS[column]}f}" if column == "diff" else f"{value:.{DIGITS[column]}g}" if column == "beta" else f"{value:.{DIGITS[column]}f}"
     return str(value)
 
 
@@ -103,21 +121,26 @@ def write_csv(rows: list[dict[str, Any]], columns: list[str], path: Path) -> Non
         writer.writerows({c: row.get(c) for c in columns} for row in rows)
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
+def plot(rows: list[dict[str, Any]], labels: list[str], path: Path) -> None:
+    """The Score per run, labelled by the hyperparameters in `labels`; the published
+    Score beside it only where the runs have one."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [f"e{r['epochs']} z{r['latent_dim']} lr{r['lr']:g}" for r in rows]
+    names = [" ".join(f"{key}={_format(key, row.get(key))}" for key in labels) or row["run"] for row in rows]
     positions = range(len(rows))
+    published = any(row.get("report_score") is not None for row in rows)
     figure, axes = plt.subplots(figsize=(max(6, 0.8 * len(rows)), 4))
-    width = 0.4
-    axes.bar([p - width / 2 for p in positions], [r.get("report_score") or 0 for r in rows], width, label="report")
-    axes.bar([p + width / 2 for p in positions], [r.get("score") or 0 for r in rows], width, label="ours")
+    width = 0.4 if published else 0.8
+    if published:
+        axes.bar([p - width / 2 for p in positions], [r.get("report_score") or 0 for r in rows], width, label="report")
+    axes.bar([p + width / 2 * published for p in positions], [r.get("score") or 0 for r in rows], width, label="ours")
     axes.set_xticks(list(positions), names, rotation=45, ha="right")
     axes.set_ylabel("Score (capped)")
-    axes.legend()
+    if published:
+        axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -128,22 +151,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun directory")
     parser.add_argument("--out", type=Path, help="where to write table.md/.csv/.png (default: the sweep dir)")
     args = parser.parse_args(argv)
+    out = args.out or args.sweep_dir
     try:
         if not args.sweep_dir.is_dir():
-            raise UserInputError(f"The sweep directory {str(args.sweep_dir)!r} does not exist; pass the directory of a Hydra multirun (e.g. outputs/multiruns/<time>).")
+            raise UserInputError(f"The sweep directory {str(args.sweep_dir)!r} does not exist or is not a directory; pass the directory of a Hydra multirun (e.g. outputs/multiruns/<time>).")
         rows = collect(args.sweep_dir)
+        if out.exists() and not out.is_dir():
+            raise UserInputError(f"--out {str(out)!r} is a file; pass a directory for table.md, table.csv and table.png.")
     except UserInputError as error:
         report_and_exit(error, "cvae-table")
-    out = args.out or args.sweep_dir
+    columns = columns_for(rows)
+    varied = [c for c in columns[1 : columns.index("ssim")] if c != "report_score"]
     out.mkdir(parents=True, exist_ok=True)
-    write_markdown(rows, COLUMNS, out / "table.md")
-    write_csv(rows, COLUMNS, out / "table.csv")
-    plot(rows, out / "table.png")
+    write_markdown(rows, columns, out / "table.md")
+    write_csv(rows, columns, out / "table.csv")
+    plot(rows, [c for c in varied if len({str(r.get(c)) for r in rows}) > 1], out / "table.png")
     print((out / "table.md").read_text(), end="")
-    seeds = group_by_seed(rows)
+    seeds = group_by_seed(rows, varied)
     if any(group["runs"] > 1 for group in seeds):
-        write_markdown(seeds, SEED_COLUMNS, out / "table_seeds.md")
-        write_csv(seeds, SEED_COLUMNS, out / "table_seeds.csv")
+        seed_columns = ["runs", "seeds", *[c for c in varied if c != "seed"]] + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
+        write_markdown(seeds, seed_columns, out / "table_seeds.md")
+        write_csv(seeds, seed_columns, out / "table_seeds.csv")
         print("\nOver seeds (mean, std):\n" + (out / "table_seeds.md").read_text(), end="")
 
 

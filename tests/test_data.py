@@ -78,10 +78,12 @@ def test_static_binarisation_is_fixed():
     assert torch.equal(images, second.splits["train"][0])
 
 
-def test_mismatched_shape_and_bad_val_size_are_refused():
-    with pytest.raises(ValueError, match="3, 32, 32"):
+def test_mismatched_shape_classes_and_bad_val_size_are_refused():
+    with pytest.raises(UserInputError, match=r"data.image_shape=\[3, 32, 32\].*\[1, 28, 28\]"):
         digits_module(image_shape=[3, 32, 32])
-    with pytest.raises(ValueError, match="val_size"):
+    with pytest.raises(UserInputError, match="data.num_classes=5: .* 0..9"):
+        digits_module(num_classes=5)
+    with pytest.raises(UserInputError, match="data.val_size=5000: .* 1500 training images"):
         digits_module(val_size=5000)
 
 

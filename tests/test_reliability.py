@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import OmegaConf
 
+from cvae_exp import eval as evaluate
+from cvae_exp import sample, table, train
 from cvae_exp.errors import TrainingDiverged
 from cvae_exp.module import CVAEModule
 from cvae_exp.train import write_json
@@ -43,58 +46,126 @@ def broken_files(tmp_path_factory, trained_run) -> dict[str, Path]:
     no_checkpoint = folder / "run_without_checkpoint"
     (no_checkpoint / ".hydra").mkdir(parents=True)
     (no_checkpoint / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    damaged_metrics = folder / "run_with_damaged_metrics"
+    damaged_metrics.mkdir()
+    (damaged_metrics / "metrics.json").write_text('{"status": "compl')
+    truncated_last = folder / "run_with_truncated_last"
+    shutil.copytree(trained_run, truncated_last)
+    (truncated_last / "checkpoints" / "last.ckpt").write_bytes(truncated.read_bytes())
     (folder / "empty_root").mkdir()
-    return {"truncated": truncated, "text": text, "no_checkpoint": no_checkpoint, "empty_root": folder / "empty_root"}
+    return {
+        "truncated": truncated, "text": text, "no_checkpoint": no_checkpoint, "damaged_metrics": damaged_metrics,
+        "truncated_last": truncated_last, "empty_root": folder / "empty_root",
+    }
 
 
-# (tool, arguments, a fragment the message must hold); {run}, {truncated}, ... are filled in.
+# (tool, arguments, fragments the message must hold); {run}, {truncated}, ... are filled in.
 BAD_INPUTS = [
-    ("train", ["model.latent_dim=0"], "model.latent_dim=0"),
-    ("train", ["model.latent_dim=abc"], "model.latent_dim"),
-    ("train", ["loss.beta=-1"], "loss.beta=-1"),
-    ("train", ["optim.lr=-0.1"], "optim.lr=-0.1"),
-    ("train", ["loss.var=0"], "loss.var=0"),
-    ("train", ["loss.likelihood=poisson"], "gaussian | bernoulli"),
-    ("train", ["data.binarize=maybe"], "none | dynamic | static"),
-    ("train", ["data.batch_size=0"], "data.batch_size=0"),
-    ("train", ["trainer.precision=8-bit"], "bf16-mixed"),
-    ("train", ["trainer.max_epochs=0"], "trainer.max_epochs=0"),
-    ("train", ["seed=-1"], "seed=-1"),
-    ("train", ["eval.recon_z=median"], "sample | mean"),
-    ("train", ["model=transformer"], "mlp"),
-    ("train", ["data=cifar"], "digits"),
-    ("train", ["learning_rate=0.1"], "learning_rate"),
-    ("train", ["model.latnt_dim=3"], "latnt_dim"),
-    ("train", ["+trainer.max_epoch=3"], "trainer.max_epoch"),
-    ("train", ["model=conv", "model.encoder.channels=[8,16,32]"], "[1, 28, 28]"),
-    ("train", ["data=mnist", "data.root={empty_root}"], "data=digits"),
-    ("train", ["ckpt_path=/no/such.ckpt"], "/no/such.ckpt"),
-    ("train", ["ckpt_path={truncated}"], "truncated"),
-    ("train", ["ckpt_path={text}"], "notes.ckpt"),
-    ("train", ["ckpt_path={run}/checkpoints/last.ckpt", "model.latent_dim=5"], "another model"),
-    ("train", ["resume={no_checkpoint}"], "checkpoints/last.ckpt"),
-    ("train", ["resume={run}", "model=conv"], "model=conv"),
-    ("eval", ["/no/such/run"], "/no/such/run"),
-    ("eval", ["{truncated}"], "truncated.ckpt"),
-    ("table", ["/no/such/sweep"], "/no/such/sweep"),
+    ("train", ["model.latent_dim=0"], ["model.latent_dim=0", ">= 1"]),
+    ("train", ["model.latent_dim=abc"], ["model.latent_dim", "abc"]),
+    ("train", ["loss.beta=-1"], ["loss.beta=-1", ">= 0"]),
+    ("train", ["optim.lr=-0.1"], ["optim.lr=-0.1", "> 0"]),
+    ("train", ["loss.var=0"], ["loss.var=0", "> 0"]),
+    ("train", ["loss.likelihood=poisson"], ["poisson", "gaussian | bernoulli"]),
+    ("train", ["loss.warmup_steps=-1"], ["loss.warmup_steps=-1", ">= 0"]),
+    ("train", ["data.binarize=maybe"], ["maybe", "none | dynamic | static"]),
+    ("train", ["data.batch_size=0"], ["data.batch_size=0", ">= 1"]),
+    ("train", ["data.val_size=5000"], ["data.val_size=5000", "between 1 and 1499"]),
+    ("train", ["data.num_classes=5"], ["data.num_classes=5", "data.num_classes=10"]),
+    ("train", ["data.image_shape=[1,32,32]"], ["data.image_shape=[1, 32, 32]", "[1, 28, 28]"]),
+    ("train", ["trainer.precision=8-bit"], ["8-bit", "bf16-mixed"]),
+    ("train", ["trainer.max_epochs=0"], ["trainer.max_epochs=0", ">= 1"]),
+    ("train", ["trainer=gpu"], ["trainer.accelerator='gpu'", "trainer=cpu"]),
+    ("train", ["trainer.accelerator=tpu"], ["tpu", "auto | cpu | gpu"]),
+    ("train", ["seed=-1"], ["seed=-1", ">= 0"]),
+    ("train", ["eval.recon_z=median"], ["median", "sample | mean"]),
+    ("train", ["eval.samples_per_class=0"], ["eval.samples_per_class=0", ">= 1"]),
+    ("train", ["optimized_metric=val/foo"], ["val/foo", "val/ssim"]),
+    ("train", ["callbacks.images.every_n_epochs=0"], ["callbacks.images", "every_n_epochs=0", ">= 1"]),
+    ("train", ["callbacks.model_checkpoint.monitor=val/foo"], ["monitor='val/foo'", "val/loss"]),
+    ("train", ["model=transformer"], ["transformer", "mlp"]),
+    ("train", ["conditioning=attention"], ["attention", "film"]),
+    ("train", ["data=cifar"], ["cifar", "digits"]),
+    ("train", ["learning_rate=0.1"], ["learning_rate"]),
+    ("train", ["model.latnt_dim=3"], ["latnt_dim"]),
+    ("train", ["+trainer.max_epoch=3"], ["trainer.max_epoch", "max_epochs"]),
+    ("train", ["model=conv", "model.encoder.channels=[8,16,32]"], ["[1, 28, 28]", "model.encoder"]),
+    ("train", ["data=mnist", "data.root={empty_root}"], ["{empty_root}", "data=digits"]),
+    ("train", ["ckpt_path=/no/such.ckpt"], ["/no/such.ckpt", "existing checkpoint"]),
+    ("train", ["ckpt_path={truncated}"], ["truncated.ckpt", "truncated"]),
+    ("train", ["ckpt_path={text}"], ["notes.ckpt", "cannot be read"]),
+    ("train", ["ckpt_path={run}/checkpoints/last.ckpt", "model.latent_dim=5"], ["another model", "resume=<run dir>"]),
+    ("train", ["ckpt_path={run}/checkpoints/last.ckpt", *FAST[:2], "trainer.max_epochs=1"], ["trainer.max_epochs=1", "2 epochs", "trainer.max_epochs=3"]),
+    ("train", ["hydra.run.dir={text}/run"], ["notes.ckpt is a file", "writable"]),
+    ("train", ["hydra.run.dir=/proc/cvae-exp/run"], ["/proc/cvae-exp/run", "writable"]),
+    ("train", ["-m", "model.latent_dim=2,0"], ["job 1", "model.latent_dim=0"]),
+    ("train", ["-m", "resume={run}", "seed=1,2"], ["resume=", "multirun"]),
+    ("train", ["model.latent_dim=0", "--cfg", "job"], ["model.latent_dim=0"]),
+    ("train", ["resume={no_checkpoint}"], ["checkpoints/last.ckpt is missing"]),
+    ("train", ["resume=/no/such/run"], ["/no/such/run", "not a run directory"]),
+    ("train", ["resume={run}", "model=conv"], ["model=conv", "only values"]),
+    ("train", ["resume={run}"], ["is finished after 2 epochs", "trainer.max_epochs=3"]),
+    ("train", ["resume={run}", "trainer.max_epochs=1"], ["trainer.max_epochs=1", "2 epochs"]),
+    ("train", ["resume={truncated_last}"], ["last.ckpt cannot be read", "epoch_001.ckpt is intact (2 epochs)"]),
+    ("eval", ["/no/such/run"], ["/no/such/run", ".ckpt"]),
+    ("eval", ["{truncated}"], ["truncated.ckpt", "cvae-train"]),
+    ("eval", ["{no_checkpoint}"], ["run_without_checkpoint", "checkpoints/last.ckpt"]),
+    ("eval", ["{damaged_metrics}"], ["metrics.json", "not valid JSON"]),
+    ("eval", ["{run}", "--samples-per-class", "0"], ["--samples-per-class 0", ">= 1"]),
+    ("eval", ["{run}", "--recon-z", "median"], ["median", "sample"]),
+    ("sample", [], ["missing the checkpoint"]),
+    ("sample", ["/no/such/run"], ["/no/such/run"]),
+    ("sample", ["{run}", "mode=spiral"], ["mode='spiral'", "grid, interpolate, traverse"]),
+    ("sample", ["{run}", "labels=[99]"], ["99", "0..9"]),
+    ("sample", ["{run}", "out=grid.txt"], ["grid.txt", ".png"]),
+    ("table", ["/no/such/sweep"], ["/no/such/sweep", "multirun"]),
+    ("table", ["{empty_root}"], ["No runs found", "empty_root"]),
+    ("table", ["{text}"], ["notes.ckpt", "not a directory"]),
 ]
+MAINS = {"train": train.main, "eval": evaluate.main, "sample": sample.main, "table": table.main}
 
 
-@pytest.mark.parametrize("tool,arguments,fragment", BAD_INPUTS, ids=[" ".join(a) for _, a, _ in BAD_INPUTS])
-def test_bad_input_fails_clearly_and_writes_nothing(tmp_path, trained_run, broken_files, tool, arguments, fragment):
+@pytest.mark.parametrize("tool,arguments,fragments", BAD_INPUTS, ids=[f"{tool} " + " ".join(a) for tool, a, _ in BAD_INPUTS])
+def test_bad_input_fails_in_one_paragraph_and_changes_no_file(
+    tmp_path, monkeypatch, capsys, trained_run, broken_files, tool, arguments, fragments
+):
+    """Each tool's console-script entry point, in-process (the subprocesses of test_train_e2e
+    and test_sample check the installed scripts): non-zero exit, no traceback, one
+    paragraph naming the value, no new file here and no changed byte in the runs given."""
+    if "trainer=gpu" in arguments and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
     places = {"run": trained_run, **broken_files}
     arguments = [argument.format(**places) for argument in arguments]
-    before = _snapshot(trained_run)
-    result = run_cli(*arguments, cwd=tmp_path, tool=tool)
-    assert result.returncode != 0
-    assert fragment.format(**places) in result.stderr, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(sys, "argv", [f"cvae-{tool}", *arguments])
+    before = _snapshot(trained_run.parent) | _snapshot(broken_files["text"].parent)
+    with pytest.raises(SystemExit) as exited:
+        MAINS[tool]([*arguments]) if tool != "train" else MAINS[tool]()
+    message = capsys.readouterr().err.strip()
+    assert exited.value.code not in (0, None)
+    assert all(fragment.format(**places) in message for fragment in fragments), message
+    assert "Traceback" not in message and "\n\n" not in message
+    assert message.startswith((f"cvae-{tool}: error: ", "usage: ")), message
     assert list(tmp_path.iterdir()) == []  # no run dir, no outputs/
-    assert _snapshot(trained_run) == before  # the existing run is untouched
+    assert _snapshot(trained_run.parent) | _snapshot(broken_files["text"].parent) == before
 
 
-def _snapshot(folder: Path) -> dict[str, float]:
-    return {str(path): path.stat().st_mtime for path in folder.rglob("*")}
+def test_full_error_shows_the_traceback_and_still_stops_before_writing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    monkeypatch.setattr(sys, "argv", ["cvae-train", "data.val_size=5000"])
+    with pytest.raises(SystemExit) as exited:
+        train.main()
+    message = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert "Traceback" in message and "cvae-train: error: Invalid config value data.val_size=5000" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file's bytes (and every folder) below `folder`."""
+    return {str(path): path.read_bytes() if path.is_file() else b"<dir>" for path in folder.rglob("*")}
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
@@ -124,18 +195,37 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     assert len(list((killed / "tensorboard").glob("events.*"))) > len(list((tmp_path / "whole" / "tensorboard").glob("events.*")))
 
 
-def test_resume_may_extend_the_number_of_epochs(tmp_path, trained_run):
+def test_resume_keeps_the_history_of_the_run(tmp_path, trained_run):
+    """Longer training in the same dir: the original overrides stay, the config holds the
+    new max_epochs, each resume is recorded, and the training time adds up."""
     run = tmp_path / "run"
-    run.mkdir()
-    for source in trained_run.rglob("*"):  # a copy, to leave the shared run as it is
-        target = run / source.relative_to(trained_run)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_file():
-            target.write_bytes(source.read_bytes())
-    result = run_cli(f"resume={run}", "trainer.max_epochs=3", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads((run / "metrics.json").read_text())["epochs"] == 3
-    assert "max_epochs: 3" in (run / ".hydra" / "config.yaml").read_text()
+    shutil.copytree(trained_run, run)  # a copy, to leave the shared run as it is
+    overrides_before = (run / ".hydra" / "overrides.yaml").read_bytes()
+    first = json.loads((run / "metrics.json").read_text())
+    for epochs in (3, 4):
+        result = run_cli(f"resume={run}", f"trainer.max_epochs={epochs}", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "cvae-train: completed" in result.stdout and f"({epochs} epochs)" in result.stdout
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs"] == 4 and metrics["train_time_s"] > first["train_time_s"]
+    assert [resume["overrides"] for resume in metrics["resumes"]] == [["trainer.max_epochs=3"], ["trainer.max_epochs=4"]]
+    assert (run / ".hydra" / "overrides.yaml").read_bytes() == overrides_before
+    assert "max_epochs: 4" in (run / ".hydra" / "config.yaml").read_text()
+    assert metrics["best_checkpoint"].startswith("checkpoints/epoch_")
+
+
+def test_a_copied_or_moved_run_evaluates_itself(tmp_path, trained_run, monkeypatch, capsys):
+    """metrics.json names the best checkpoint relative to the run dir."""
+    copy, moved = tmp_path / "copy", tmp_path / "elsewhere" / "moved"
+    shutil.copytree(trained_run, copy)
+    shutil.copytree(trained_run, moved)
+    original = {path.name for path in trained_run.iterdir()}
+    monkeypatch.setattr(sys, "argv", ["cvae-eval"])
+    for run in (copy, moved):
+        evaluate.main([str(run), "--samples-per-class", "20"])
+        evaluated = json.loads((run / "eval.json").read_text())
+        assert evaluated["checkpoint"] == json.loads((run / "metrics.json").read_text())["best_checkpoint"]
+    assert {path.name for path in trained_run.iterdir()} == original  # no eval.json in the original
 
 
 class PoisonWeights(Callback):
@@ -172,7 +262,8 @@ def test_a_diverging_job_fails_alone_in_a_multirun(tmp_path):
     result = run_cli("-m", *FAST, "debug=fast", "optim.lr=1e-3,1e9", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert result.returncode != 0
     statuses = {json.loads((sweep / job / "metrics.json").read_text())["status"] for job in ("0", "1")}
-    assert statuses == {"completed", "failed"}
+    assert statuses == {"debug", "failed"}
+    assert "multirun finished: 1 debug, 1 failed (jobs 1)" in result.stdout and "Traceback" not in result.stderr
     failed = json.loads((sweep / "1" / "metrics.json").read_text())
     assert "diverged" in failed["reason"] and "optim.lr=1000000000.0" in failed["reason"]
     table = run_cli(str(sweep), cwd=tmp_path, tool="table")

@@ -1,4 +1,5 @@
-"""cvae-table on a synthetic sweep: completed, failed and missing runs all show."""
+"""cvae-table on synthetic sweeps: completed, failed, missing and damaged runs all show,
+with a column for every hyperparameter the sweep varied."""
 
 import csv
 import json
@@ -9,21 +10,38 @@ from omegaconf import OmegaConf
 
 from cvae_exp.table import main
 
+HPARAMS = {
+    "data": "mnist", "model": "mlp", "conditioning": "concat", "experiment": "report_genmodel", "latent_dim": 20,
+    "likelihood": "gaussian", "beta": 1.0, "lr": 0.005, "epochs": 10, "batch_size": 1024, "seed": 42, "precision": "32-true",
+}
 
-def make_job(sweep, name, epochs=10, latent_dim=20, lr=0.005, reference=15.69, metrics=None, seed=42):
+
+def make_job(sweep, name, metrics=None, reference=15.69, **changes):
+    """A job dir as cvae-train writes it; `changes` are hyperparameters."""
+    hparams = {**HPARAMS, **changes}
     job = sweep / name
     (job / ".hydra").mkdir(parents=True)
-    config = {"trainer": {"max_epochs": epochs}, "model": {"latent_dim": latent_dim}, "optim": {"lr": lr}, "reference": {"score": reference}}
+    config = {
+        "seed": hparams["seed"], "data": {"name": hparams["data"], "batch_size": hparams["batch_size"]},
+        "trainer": {"max_epochs": hparams["epochs"], "precision": hparams["precision"]}, "model": {"latent_dim": hparams["latent_dim"]},
+        "loss": {"likelihood": hparams["likelihood"], "beta": hparams["beta"]}, "optim": {"lr": hparams["lr"]},
+        "reference": {"score": reference} if reference is not None else None,
+    }
     OmegaConf.save(OmegaConf.create(config), job / ".hydra" / "config.yaml")
+    choices = {key: hparams[key] for key in ("model", "conditioning", "experiment")}
+    OmegaConf.save(OmegaConf.create({"hydra": {"runtime": {"choices": choices}}}), job / ".hydra" / "hydra.yaml")
     if metrics is not None:
-        hparams = {"epochs": epochs, "latent_dim": latent_dim, "lr": lr, "seed": seed}
-        (job / "metrics.json").write_text(json.dumps({"hparams": hparams, "reference": {"score": reference}, **metrics}))
+        (job / "metrics.json").write_text(json.dumps({"hparams": hparams, "reference": config["reference"], **metrics}))
+    return job
+
+
+def completed(score, **test):
+    return {"status": "completed", "test": {"ssim": 0.7, "mse": 0.02, "fid": 5.0, "score": score, "score_uncapped": score, **test}}
 
 
 def test_table_lists_every_job_with_the_difference_to_the_report(tmp_path, capsys):
     sweep = tmp_path / "sweep"
-    test = {"ssim": 0.74, "mse": 0.023, "fid": 4.5, "score": 24.0, "score_uncapped": 24.0}
-    make_job(sweep, "0", metrics={"status": "completed", "test": test, "train_time_s": 120.0})
+    make_job(sweep, "0", metrics={**completed(24.0, ssim=0.74, mse=0.023, fid=4.5), "train_time_s": 120.0})
     make_job(sweep, "1", epochs=30, metrics={"status": "failed", "reason": "loss is NaN at step 7"})
     make_job(sweep, "10", epochs=50)
     main([str(sweep)])
@@ -33,34 +51,61 @@ def test_table_lists_every_job_with_the_difference_to_the_report(tmp_path, capsy
     assert rows[1]["status"] == "failed: loss is NaN at step 7" and rows[1]["score"] == ""
     assert rows[2]["status"].startswith("missing") and rows[2]["epochs"] == "50"
     markdown = (sweep / "table.md").read_text()
+    assert markdown.splitlines()[0] == "| run | epochs | latent_dim | lr | report_score | ssim | mse | fid | score | score_uncapped | diff | train_min | status |"
     assert "| 0 | 10 | 20 | 0.005 | 15.69 | 0.7400 | 0.0230 | 4.5000 | 24.00 | 24.00 | +8.31 | 2.0 | completed |" in markdown
     assert (sweep / "table.png").stat().st_size > 0
     assert markdown in capsys.readouterr().out
     assert not (sweep / "table_seeds.md").exists()  # no two runs differ by seed alone
 
 
+def test_every_varied_hyperparameter_gets_a_column_and_lr_is_rounded(tmp_path):
+    sweep = tmp_path / "sweep"
+    make_job(sweep, "0", reference=None, seed=1, beta=1.0, lr=0.0020000000000000005, metrics=completed(20.0))
+    make_job(sweep, "1", reference=None, seed=2, beta=4.0, lr=0.0020000000000000005, metrics=completed(21.0))
+    make_job(sweep, "2", reference=None, seed=2, beta=4.0, conditioning="film", lr=0.0020000000000000005)  # missing: from its config
+    main([str(sweep)])
+    lines = (sweep / "table.md").read_text().splitlines()
+    assert lines[0] == "| run | epochs | latent_dim | lr | conditioning | beta | seed | ssim | mse | fid | score | score_uncapped | train_min | status |"
+    assert lines[2].startswith("| 0 | 10 | 20 | 0.002 | concat | 1 | 1 |")
+    assert lines[4].startswith("| 2 | 10 | 20 | 0.002 | film | 4 | 2 |") and "missing" in lines[4]
+    assert "report" not in (sweep / "table.csv").read_text()
+
+
 def test_runs_that_differ_only_by_seed_are_summarised(tmp_path):
     sweep = tmp_path / "sweep"
     scores = {1: 20.0, 2: 21.0, 3: 23.0}
     for seed, score in scores.items():
-        test = {"ssim": 0.7, "mse": 0.02, "fid": 5.0, "score": score, "score_uncapped": score}
-        make_job(sweep, str(seed), seed=seed, metrics={"status": "completed", "test": test})
-    make_job(sweep, "9", lr=0.001, seed=1, metrics={"status": "completed", "test": test})
+        make_job(sweep, str(seed), seed=seed, metrics=completed(score))
+    make_job(sweep, "9", lr=0.001, seed=1, metrics=completed(20.0))
     main([str(sweep)])
     groups = list(csv.DictReader((sweep / "table_seeds.csv").open()))
-    assert [(g["runs"], g["seeds"]) for g in groups] == [("3", "1 2 3"), ("1", "1")]
+    assert [(g["runs"], g["seeds"], g["lr"]) for g in groups] == [("3", "1 2 3", "0.005"), ("1", "1", "0.001")]
     assert float(groups[0]["score_mean"]) == pytest.approx(np.mean(list(scores.values())))
     assert float(groups[0]["score_std"]) == pytest.approx(np.std(list(scores.values()), ddof=1))
-    assert "| 3 | 1 2 3 | 10 | 20 | 0.005 | 15.69 |" in (sweep / "table_seeds.md").read_text()
+    assert "| 3 | 1 2 3 | 10 | 20 | 0.005 |" in (sweep / "table_seeds.md").read_text()
 
 
-@pytest.mark.parametrize("setup", ["absent", "empty"])
+def test_a_damaged_metrics_file_gets_its_row_and_a_warning_naming_it(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    make_job(sweep, "0", metrics=completed(20.0))
+    damaged = make_job(sweep, "1", epochs=30) / "metrics.json"
+    damaged.write_text('{"status": "compl')
+    main([str(sweep)])
+    rows = list(csv.DictReader((sweep / "table.csv").open()))
+    assert rows[0]["status"] == "completed" and rows[1]["status"].startswith("unreadable metrics.json")
+    assert rows[1]["epochs"] == "30"
+    assert str(damaged) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("setup", ["absent", "empty", "file"])
 def test_table_refuses_a_directory_without_runs(tmp_path, capsys, setup):
     sweep = tmp_path / "sweep"
     if setup == "empty":
         sweep.mkdir()
+    if setup == "file":
+        sweep.write_text("not a sweep")
     with pytest.raises(SystemExit) as exit_info:
         main([str(sweep)])
     assert exit_info.value.code == 2
     assert str(sweep) in capsys.readouterr().err
-    assert not (sweep / "table.md").exists()
+    assert sorted(tmp_path.iterdir()) == ([sweep] if setup != "absent" else [])

@@ -4,9 +4,12 @@ import json
 import shutil
 import subprocess
 
+import lightning as L
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from cvae_exp.train import single_device_trainer
 from tests.helpers import run_cli
 
 FAST = ["data=digits", "model.encoder.hidden_dims=[64]", "model.decoder.hidden_dims=[64]", "callbacks.progress_bar.refresh_rate=0"]
@@ -16,6 +19,12 @@ def test_two_epochs_write_checkpoints_events_and_metrics_then_resume(tmp_path):
     run = tmp_path / "run"
     result = run_cli(*FAST, "trainer.max_epochs=2", f"hydra.run.dir={run}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    closing = result.stdout.strip().splitlines()[-1]
+    assert closing.startswith("cvae-train: completed in ") and "(2 epochs): test score " in closing and closing.endswith("Run dir: run")
+    for notice in ("Tip:", "GPU available", "Warning", "warn"):  # Lightning's notices and warnings: in train.log only
+        assert notice not in result.stdout + result.stderr, notice
+    log = (run / "train.log").read_text()
+    assert closing in log and "GPU available" in log
 
     assert (run / ".hydra" / "config.yaml").is_file()
     checkpoints = {path.name for path in (run / "checkpoints").iterdir()}
@@ -50,14 +59,39 @@ def test_two_epochs_write_checkpoints_events_and_metrics_then_resume(tmp_path):
     assert after["global_step"] == before["global_step"] * 3 // 2
 
 
-def test_multirun_runs_each_job_in_its_own_dir(tmp_path):
-    result = run_cli("-m", *FAST, "debug=fast", "model.latent_dim=2,4", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+def test_multirun_with_the_default_sweep_dir_runs_each_job_in_its_own_dir(tmp_path):
+    """As README runs it: no hydra.sweep.dir given."""
+    result = run_cli("-m", *FAST, "debug=fast", "model.latent_dim=2,4", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    latent = sorted(json.loads(p.read_text())["hparams"]["latent_dim"] for p in (tmp_path / "sweep").glob("*/metrics.json"))
+    (sweep,) = (tmp_path / "outputs" / "multiruns").iterdir()
+    latent = sorted(json.loads(p.read_text())["hparams"]["latent_dim"] for p in sweep.glob("*/metrics.json"))
     assert latent == [2, 4]
-    result = run_cli(str(tmp_path / "sweep"), cwd=tmp_path, tool="table")
+    assert f"2 debug. Sweep dir: outputs/multiruns/{sweep.name}" in result.stdout
+    result = run_cli(str(sweep), cwd=tmp_path, tool="table")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert len((tmp_path / "sweep" / "table.csv").read_text().splitlines()) == 3
+    table = (sweep / "table.md").read_text()
+    assert table.splitlines()[0].startswith("| run | epochs | latent_dim | lr | ssim") and "| debug |" in table
+
+
+def test_without_logger_or_callbacks_a_run_completes_and_writes_no_stray_checkpoint(tmp_path):
+    """logger=none drops the learning-rate monitor; callbacks=none writes no checkpoint at all."""
+    result = run_cli("-m", *FAST[:3], "debug=fast", "logger=none,tensorboard", "callbacks=none,default", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "multiruns").iterdir()
+    assert len(list(sweep.glob("*/metrics.json"))) == 4 and "4 debug" in result.stdout
+    checkpoints = sorted(str(path.relative_to(sweep)) for path in sweep.rglob("*.ckpt"))
+    assert all(path.split("/")[1] == "checkpoints" for path in checkpoints)
+    overrides = {job.name: (job / ".hydra" / "overrides.yaml").read_text() for job in sweep.iterdir() if job.is_dir()}
+    with_checkpoints = {path.split("/")[0] for path in checkpoints}
+    assert with_checkpoints == {name for name, text in overrides.items() if "callbacks=default" in text}
+
+
+def test_help_describes_the_program_and_its_groups(tmp_path):
+    result = run_cli("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    assert result.stdout.startswith("cvae-train: train a conditional VAE")
+    assert "model: conv, mlp" in result.stdout and "cvae-train -m model.latent_dim=2,8,32 loss.beta=1,4" in result.stdout
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_bad_value_exits_non_zero_with_one_paragraph_and_no_traceback(tmp_path):
@@ -67,3 +101,11 @@ def test_bad_value_exits_non_zero_with_one_paragraph_and_no_traceback(tmp_path):
     assert result.returncode == 2
     assert "model.latent_dim=0" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_the_final_evaluation_keeps_bf16_autocast_on_a_cpu():
+    """The rebuilt one-device trainer names its accelerator by device type; given the
+    accelerator object, Lightning set up CUDA autocast and fell back to float32 on a CPU."""
+    trainer = L.Trainer(accelerator="cpu", precision="bf16-mixed", logger=False, enable_progress_bar=False)
+    evaluator = single_device_trainer(trainer, loggers=[])
+    assert isinstance(evaluator.precision_plugin, MixedPrecision) and evaluator.precision_plugin.device == "cpu"

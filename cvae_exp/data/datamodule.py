@@ -8,6 +8,7 @@ import torch
 
 from cvae_exp.data.batches import TensorBatches
 from cvae_exp.data.sources import ImageSplits
+from cvae_exp.errors import UserInputError
 
 BINARIZE_CHOICES = ("none", "dynamic", "static")
 
@@ -55,13 +56,24 @@ class TensorDataModule(L.LightningDataModule):
         self.splits = splits
 
     def _check(self, data: ImageSplits) -> None:
-        shape = tuple(data.train_images.shape[1:])
-        if shape != self.image_shape or data.train_images.dtype != torch.uint8:
-            raise ValueError(f"{self.name}: images are {data.train_images.dtype} {shape}, config says uint8 {self.image_shape}")
-        if int(data.train_labels.max()) >= self.num_classes:
-            raise ValueError(f"{self.name}: labels reach {int(data.train_labels.max())}, config says {self.num_classes} classes")
-        if not 0 < self.val_size < len(data.train_labels):
-            raise ValueError(f"data.val_size={self.val_size} must be in [1, {len(data.train_labels) - 1}] for {self.name}")
+        """The declared shape, classes and split sizes must fit the data that was loaded."""
+        shape, count = list(data.train_images.shape[1:]), len(data.train_labels)
+        if shape != list(self.image_shape):
+            raise UserInputError(
+                f"Invalid config value data.image_shape={list(self.image_shape)}: the {self.name} images are "
+                f"{shape} ([channels, height, width]); set data.image_shape={shape} or choose another data config."
+            )
+        classes = int(max(data.train_labels.max(), data.test_labels.max())) + 1
+        if classes != self.num_classes:
+            raise UserInputError(
+                f"Invalid config value data.num_classes={self.num_classes}: the {self.name} labels are 0..{classes - 1}; "
+                f"set data.num_classes={classes}."
+            )
+        if not 0 < self.val_size < count:
+            raise UserInputError(
+                f"Invalid config value data.val_size={self.val_size}: it is taken from the {count} training images "
+                f"of {self.name} and must be between 1 and {count - 1}."
+            )
 
     def _batches(self, split: str, shuffle: bool = False) -> TensorBatches:
         images, labels = self.splits[split]

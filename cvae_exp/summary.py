@@ -1,0 +1,25 @@
+"""The hyperparameters that tell a run from its neighbours in a sweep: metrics.json's
+`hparams`, TensorBoard's HParams tab and cvae-table's columns. Kept free of heavy imports,
+so that cvae-table reads runs without loading torch."""
+
+from typing import Any
+
+from omegaconf import DictConfig
+
+
+def run_summary(cfg: DictConfig, choices: dict[str, Any]) -> dict[str, Any]:
+    """`cfg` is a run's config, `choices` Hydra's runtime choices of config groups."""
+    return {
+        "data": cfg.data.name,
+        "model": choices.get("model"),
+        "conditioning": choices.get("conditioning"),
+        "experiment": choices.get("experiment"),
+        "latent_dim": cfg.model.latent_dim,
+        "likelihood": cfg.loss.likelihood,
+        "beta": cfg.loss.beta,
+        "lr": cfg.optim.lr,
+        "epochs": cfg.trainer.max_epochs,
+        "batch_size": cfg.data.batch_size,
+        "seed": cfg.seed,
+        "precision": str(cfg.trainer.precision),
+    }
