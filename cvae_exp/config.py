@@ -4,6 +4,10 @@ The YAML files in configs/ are the defaults; these dataclasses are the contract.
 are checked by OmegaConf against the schema, ranges and choices by `validate`, and the
 model is built once on the declared data shape, so that every bad value stops the run
 with one paragraph that names the key, the value and what is allowed.
+
+This module is also the home of the allowed values, and imports torch and Lightning only
+where a check needs them: the cheap checks run first, so that a bad value is refused
+before those imports (seconds on a small CPU).
 """
 
 import inspect
@@ -12,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import lightning as L
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -22,17 +24,19 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from cvae_exp.data.datamodule import BINARIZE_CHOICES
 from cvae_exp.errors import UserInputError
-from cvae_exp.module import RECON_Z_CHOICES
-from cvae_exp.objective import Objective
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+LIKELIHOODS = ("gaussian", "bernoulli")
+LOSS_TERMS = ("loss", "recon", "kl")  # the objective's terms, logged under train/, val/, test/
+BINARIZE_CHOICES = ("none", "dynamic", "static")
+RECON_Z_CHOICES = ("sample", "mean")
 VAL_METRICS = ("val/loss", "val/recon", "val/kl", "val/mse", "val/ssim")
-MONITORABLE = VAL_METRICS + tuple(f"train/{term}" for term in Objective.TERMS)
+MONITORABLE = VAL_METRICS + tuple(f"train/{term}" for term in LOSS_TERMS)
 # The directory cvae-train runs from; unlike ${hydra:runtime.cwd} it resolves before a
 # multirun's first job (configs/paths/default.yaml).
 OmegaConf.register_new_resolver("cwd", os.getcwd, replace=True)
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "64-true", "bf16-true", "16-true")
 
 
@@ -138,7 +142,7 @@ def validate(cfg: DictConfig, devices_here: bool = True) -> DictConfig:
     _require(data.num_classes >= 1, "data.num_classes", data.num_classes, "must be an integer >= 1")
     _require(model.latent_dim >= 1, "model.latent_dim", model.latent_dim, "must be an integer >= 1 (the size of z)")
     _require(
-        loss.likelihood in Objective.LIKELIHOODS, "loss.likelihood", loss.likelihood, f"allowed: {' | '.join(Objective.LIKELIHOODS)}"
+        loss.likelihood in LIKELIHOODS, "loss.likelihood", loss.likelihood, f"allowed: {' | '.join(LIKELIHOODS)}"
     )
     _require(loss.var > 0, "loss.var", loss.var, "must be a number > 0 (the Gaussian decoder's variance)")
     _require(loss.beta >= 0, "loss.beta", loss.beta, "must be a number >= 0")
@@ -157,18 +161,22 @@ def validate(cfg: DictConfig, devices_here: bool = True) -> DictConfig:
 
 
 def _check_trainer(trainer: DictConfig, devices_here: bool) -> None:
-    allowed = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", "callbacks", "logger"}
-    for key in trainer:
-        if key != "_target_":
-            _require(key in allowed, f"trainer.{key}", trainer[key], f"is not a lightning.Trainer argument; allowed: {', '.join(sorted(allowed))}")
     precision = str(trainer.get("precision", "32-true"))
     _require(precision in PRECISIONS, "trainer.precision", precision, f"allowed: {' | '.join(PRECISIONS)}")
     max_epochs = trainer.get("max_epochs")
     _require(isinstance(max_epochs, int) and max_epochs >= 1, "trainer.max_epochs", max_epochs, "must be an integer >= 1")
     accelerator = str(trainer.get("accelerator", "auto"))
+    _require(accelerator in ACCELERATORS, "trainer.accelerator", accelerator, f"allowed: {' | '.join(ACCELERATORS)}")
+
+    import lightning as L  # the checks below need torch and Lightning
+    import torch
+
+    allowed = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", "callbacks", "logger"}
+    for key in trainer:
+        if key != "_target_":
+            _require(key in allowed, f"trainer.{key}", trainer[key], f"is not a lightning.Trainer argument; allowed: {', '.join(sorted(allowed))}")
     available = {"auto": True, "cpu": True, "gpu": torch.cuda.is_available() or torch.backends.mps.is_available(),
                  "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    _require(accelerator in available, "trainer.accelerator", accelerator, f"allowed: {' | '.join(available)}")
     _require(
         available[accelerator] or not devices_here, "trainer.accelerator", accelerator,
         "no such device is available on this machine; use trainer=default (accelerator=auto: a GPU when there is one) or trainer=cpu",
@@ -189,7 +197,7 @@ def _check_callbacks(callbacks: DictConfig) -> None:
             raise UserInputError(f"Invalid config at callbacks.{name}: {cause}. See configs/callbacks/default.yaml for its keys.") from None
 
 
-def _build_model(typed: DictConfig) -> torch.nn.Module:
+def _build_model(typed: DictConfig):
     """Build the network on the declared data shape (milliseconds), so that an
     architecture that cannot handle the data fails here, not after data loading."""
     try:
@@ -208,9 +216,11 @@ def _build_model(typed: DictConfig) -> torch.nn.Module:
         ) from None
 
 
-def _check_checkpoint(path: str, model: torch.nn.Module, max_epochs: int) -> None:
+def _check_checkpoint(path: str, model, max_epochs: int) -> None:
     """The checkpoint must exist, load, hold this config's network tensor for tensor, and
     leave epochs to train before max_epochs."""
+    import torch
+
     _require(Path(path).is_file(), "ckpt_path", path, "must be an existing checkpoint file (e.g. <run dir>/checkpoints/last.ckpt)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)

@@ -14,7 +14,8 @@ import lightning as L
 from hydra.utils import instantiate
 
 from cvae_exp.errors import UserInputError, report_and_exit
-from cvae_exp.module import RECON_Z_CHOICES, CVAEModule
+from cvae_exp.config import RECON_Z_CHOICES
+from cvae_exp.module import CVAEModule
 from cvae_exp.train import write_json
 
 

@@ -19,9 +19,6 @@ from cvae_exp.metrics import quantize_uint8
 from cvae_exp.models import CVAE
 from cvae_exp.objective import Objective
 
-RECON_Z_CHOICES = ("sample", "mean")
-
-
 class CVAEModule(L.LightningModule):
     """Built from plain config dicts, saved as hyperparameters, so that a checkpoint
     describes its run: `CVAEModule.load_from_checkpoint(path)` rebuilds the network

@@ -5,6 +5,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from cvae_exp.config import LIKELIHOODS, LOSS_TERMS
+
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, diag exp(logvar)) || N(0, I)) in closed form, one value per row."""
@@ -35,8 +37,8 @@ class Objective:
     `beta_at(step)` rises linearly from 0 to `beta` over `warmup_steps` optimiser steps.
     """
 
-    LIKELIHOODS = ("gaussian", "bernoulli")
-    TERMS = ("loss", "recon", "kl")  # the keys of what __call__ returns, in that order
+    LIKELIHOODS = LIKELIHOODS
+    TERMS = LOSS_TERMS  # the keys of what __call__ returns, in that order
 
     def __init__(self, likelihood: str = "gaussian", var: float = 0.5, beta: float = 1.0, warmup_steps: int = 0):
         if likelihood not in self.LIKELIHOODS:

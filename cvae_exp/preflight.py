@@ -18,7 +18,6 @@ import traceback
 from datetime import datetime
 from pathlib import Path
 
-import torch
 import yaml
 from hydra import compose
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -49,7 +48,7 @@ class Preflight(Callback):
             HydraConfig.instance().set_config(config)
             check_job(config)
             check_writable(Path(config.hydra.runtime.output_dir), "hydra.run.dir")
-            if record is not None:
+            if record is not None and os.environ.get("LOCAL_RANK", "0") == "0":  # DDP starts the command again per rank
                 record_resume(Path(config.hydra.runtime.output_dir), *record)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
@@ -199,6 +198,8 @@ def continue_run(config: DictConfig) -> tuple[dict, list[str]]:
 
 def _epochs_in(last: Path, run_dir: Path) -> int:
     """Epochs done by last.ckpt; if it cannot be read, name the intact epoch checkpoint."""
+    import torch
+
     try:
         return torch.load(last, map_location="cpu", weights_only=False)["epoch"] + 1
     except Exception as error:  # truncated or overwritten

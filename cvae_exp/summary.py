@@ -2,13 +2,17 @@
 `hparams`, TensorBoard's HParams tab and cvae-table's columns. Kept free of heavy imports,
 so that cvae-table reads runs without loading torch."""
 
-from typing import Any
+from typing import Any, Optional
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 
-def run_summary(cfg: DictConfig, choices: dict[str, Any]) -> dict[str, Any]:
-    """`cfg` is a run's config, `choices` Hydra's runtime choices of config groups."""
+def run_summary(cfg: DictConfig, choices: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """`cfg` is a run's config, `choices` Hydra's runtime choices of config groups
+    (by default those of the running job)."""
+    if choices is None:
+        choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
     return {
         "data": cfg.data.name,
         "model": choices.get("model"),

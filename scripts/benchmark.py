@@ -43,7 +43,7 @@ from torchvision.transforms import ToTensor
 from cvae_exp.config import compose_train, validate
 from cvae_exp.data import ImageSplits
 from cvae_exp.objective import Objective
-from cvae_exp.train import build
+from cvae_exp.run import build
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 

@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cvae_exp.train import single_device_trainer
+from cvae_exp.run import single_device_trainer
 from tests.helpers import run_cli
 
 FAST = ["data=digits", "model.encoder.hidden_dims=[64]", "model.decoder.hidden_dims=[64]", "callbacks.progress_bar.refresh_rate=0"]

@@ -6,12 +6,10 @@ from typing import Callable
 import lightning as L
 import torch
 
+from cvae_exp.config import BINARIZE_CHOICES
 from cvae_exp.data.batches import TensorBatches
 from cvae_exp.data.sources import ImageSplits
 from cvae_exp.errors import UserInputError
-
-BINARIZE_CHOICES = ("none", "dynamic", "static")
-
 
 class TensorDataModule(L.LightningDataModule):
     """Splits the official train set into train/val with `split_seed` and keeps the

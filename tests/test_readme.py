@@ -1,0 +1,376 @@
+"""README.md, executable: every command of its ```bash blocks, run as written, in order.
+
+The commands run with `bash -c` in a fresh copy of the checkout (`<tmp>/main`, the files
+git tracks or would track), beside a `<tmp>/shared` link to the real shared folder, so
+that `../shared/data/MNIST/raw/` resolves as it does for a user. Each must exit 0.
+
+What the test changes, and only that:
+- training commands get a few overrides appended so that they finish in seconds
+  (`shorten`, see the constants below); the command as run is in every failure message;
+- placeholders (`<...>`, `/path/to/datasets`) become real paths (PLACEHOLDERS);
+- `tensorboard` gets a free port and counts as run once it serves (TENSORBOARD_FLAGS);
+- the commands in SKIPPED cannot run here and are skipped with their reason; the ones
+  that need the real MNIST files are skipped, saying so, where those files are absent.
+The cases depend on each other (sampling needs a run, cvae-table a sweep): pytest runs
+them in README order, all in one module-scoped workspace. Slow (about 15 minutes on
+2 cores): `pytest -m slow tests/test_readme.py`.
+"""
+
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+CI_SCRIPT = REPO / ".ci" / "run"
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED_MNIST = SHARED / "data" / "MNIST" / "raw"
+TIMEOUT_S = 600
+TENSORBOARD_WAIT_S = 60
+OUTPUT_TAIL = 3000
+
+# Commands that cannot run here: a regular expression searched in the command (most are
+# plain substrings) -> why. Nothing else is skipped, except MNIST commands without MNIST.
+SKIPPED = {
+    r"pip install": "installs the package (network, installer); CI runs it (.ci/run)",
+    r"^pytest(\s|$)": "runs the test suite, of which this test is part",
+    r"hydra/launcher=slurm": "needs a SLURM cluster; tests/test_sweeps.py composes that launcher config",
+}
+
+# A command that mentions any of these needs the real MNIST files (README copies them
+# from ../shared/data/MNIST/raw/; scripts/reproduce_report.sh runs experiment=report_genmodel).
+NEEDS_MNIST = ("MNIST", "data=mnist", "experiment=report_", "reproduce_report.sh", "/path/to/datasets")
+
+# Placeholders of README's commands -> what they stand for here (resolved when the
+# command runs, from what the commands before it wrote). Longest first when substituting.
+PLACEHOLDERS = {
+    "outputs/runs/<date_time>": "newest_run",
+    "<run dir or .ckpt>": "newest_run",
+    "<its run dir>": "newest_run",
+    "<run dir>": "newest_run",
+    "outputs/multiruns/<date_time>": "newest_multirun",
+    "<sweep dir>": "newest_multirun",
+    "/path/to/datasets": "data_root",
+}
+PLACEHOLDER_MEANING = {
+    "newest_run": "the newest <tmp>/main/outputs/runs/* that holds a metrics.json",
+    "newest_multirun": "the newest <tmp>/main/outputs/multiruns/*",
+    "data_root": "<tmp>/main/data, where README's `mkdir -p data/MNIST/raw && cp ...` put MNIST",
+}
+
+# Appended to the cvae-train part of a command (and to scripts/reproduce_report.sh, which
+# passes its arguments on to cvae-train); later overrides win in Hydra.
+TRAIN_SHORT = ["trainer.max_epochs=1", "eval.samples_per_class=20"]
+TRAIN_NOT_MNIST = ["data=digits"]
+# `++`: add the key, or set it where a config (debug=fast, say) has it already.
+TRAIN_MNIST_SHORT = ["++trainer.limit_train_batches=5", "++trainer.limit_val_batches=2"]
+OPTUNA_SHORT = ["hydra.sweeper.n_trials=2"]
+# Appended to `python scripts/benchmark.py ...` (argparse: the last value wins).
+BENCHMARK_SHORT = ["--epochs", "1", "--limit-batches", "5"]
+# Appended to `tensorboard ...`: port 0 asks the OS for a free port.
+TENSORBOARD_FLAGS = ["--port", "0", "--host", "127.0.0.1"]
+TENSORBOARD_SERVING = re.compile(r"TensorBoard \S+ at (http://\S+)")
+
+BASH_FENCE = re.compile(r"^```(bash|sh|shell)\s*$")
+UNMAPPED_PLACEHOLDER = re.compile(r"<[A-Za-z][^<>\n]*>")
+
+
+# --- README's commands ----------------------------------------------------------------
+
+def bash_blocks(text: str) -> list[tuple[str, list[str]]]:
+    """(heading above the block, its commands) for every ```bash block, in order.
+    Lines ending with a backslash continue; blank lines and whole-line comments are not commands."""
+    blocks, heading, block, other_block = [], "", None, False
+    for line in text.splitlines():
+        stripped = line.strip()
+        if other_block:  # a ``` block of another language, or none (the directory trees)
+            other_block = stripped != "```"
+            continue
+        if block is None:
+            if BASH_FENCE.match(stripped):
+                block = []
+            elif stripped.startswith("```"):
+                other_block = True
+            elif stripped.startswith("#"):
+                heading = stripped.lstrip("#").strip()
+            continue
+        if stripped == "```":
+            blocks.append((heading, _join_continuations(block)))
+            block = None
+        else:
+            block.append(line)
+    return blocks
+
+
+def _join_continuations(lines: list[str]) -> list[str]:
+    commands, current = [], ""
+    for line in lines:
+        if line.rstrip().endswith("\\"):
+            current += line.rstrip()[:-1] + " "
+            continue
+        current += line
+        command, current = current.strip(), ""
+        if command and not command.startswith("#"):
+            commands.append(command)
+    if current.strip():
+        commands.append(current.strip())
+    return commands
+
+
+def readme_commands() -> list[str]:
+    return [command for _, commands in bash_blocks(README.read_text()) for command in commands]
+
+
+# --- Rewriting a command for this test ---------------------------------------------------
+
+def split_comment(command: str) -> tuple[str, str]:
+    """(code, trailing `# comment` or "") of one shell line, minding quotes."""
+    quote, escaped = None, False
+    for i, char in enumerate(command):
+        if escaped:
+            escaped = False
+        elif char == "\\" and quote != "'":
+            escaped = True
+        elif quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and (i == 0 or command[i - 1].isspace()):
+            return command[:i].rstrip(), command[i:]
+    return command.rstrip(), ""
+
+
+def split_pipeline(code: str) -> list[str]:
+    """The code cut before and after every `&&`, `||`, `|` and `;` outside quotes: the
+    pieces alternate between simple commands and operators."""
+    pieces, start, quote, escaped, i = [], 0, None, False, 0
+    while i < len(code):
+        char = code[i]
+        if escaped:
+            escaped = False
+        elif char == "\\" and quote != "'":
+            escaped = True
+        elif quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif code.startswith(("&&", "||"), i) or char in "|;":
+            width = 2 if code.startswith(("&&", "||"), i) else 1
+            pieces += [code[start:i], code[i:i + width]]
+            start = i + width
+            i += width
+            continue
+        i += 1
+    return pieces + [code[start:]]
+
+
+def needs_mnist(command: str) -> bool:
+    return any(marker in command for marker in NEEDS_MNIST)
+
+
+def extra_arguments(words: list[str], mnist: bool) -> list[str]:
+    """What to append to one simple command; [] leaves it as written."""
+    program = words[0] if words else ""
+    if program == "cvae-train" or program.endswith("reproduce_report.sh"):
+        if any(word == "--cfg" or word.startswith("--cfg=") for word in words):
+            return []  # prints the config, trains nothing
+        if any(word.startswith("resume=") for word in words):
+            return []  # continues a run that is short already
+        extra = TRAIN_SHORT + (TRAIN_MNIST_SHORT if mnist else TRAIN_NOT_MNIST)
+        if "hparams_search=optuna" in words:
+            extra = extra + OPTUNA_SHORT
+        return extra
+    if program.startswith("python") and len(words) > 1 and words[1].endswith("scripts/benchmark.py"):
+        return BENCHMARK_SHORT
+    if program == "tensorboard":
+        return TENSORBOARD_FLAGS
+    return []
+
+
+def shorten(command: str, mnist_available: bool) -> str:
+    """The command with the overrides that make it quick appended to each of its simple
+    commands that trains (before its `#` comment and before any `&&`, `|`, ...)."""
+    code, comment = split_comment(command)
+    mnist = needs_mnist(command) and mnist_available
+    pieces = split_pipeline(code)
+    for index in range(0, len(pieces), 2):
+        piece = pieces[index]
+        try:
+            words = shlex.split(piece)
+        except ValueError:
+            continue
+        extra = extra_arguments(words, mnist)
+        if extra:
+            trailing = piece[len(piece.rstrip()):] or (" " if index + 1 < len(pieces) else "")
+            pieces[index] = piece.rstrip() + " " + " ".join(shlex.quote(word) for word in extra) + trailing
+    code = "".join(pieces)
+    return f"{code}  {comment}" if comment else code
+
+
+def is_server(command: str) -> bool:
+    code, _ = split_comment(command)
+    return any(piece.split()[:1] == ["tensorboard"] for piece in split_pipeline(code)[::2])
+
+
+def skip_reason(command: str) -> str | None:
+    for pattern, reason in SKIPPED.items():
+        if re.search(pattern, command):
+            return f"{reason} [SKIPPED: {pattern!r}]"
+    if needs_mnist(command) and not SHARED_MNIST.is_dir():
+        return f"needs the real MNIST files, not found at {SHARED_MNIST}"
+    return None
+
+
+# --- Placeholders ---------------------------------------------------------------------------
+
+def _newest(directories: list[Path], what: str) -> Path:
+    if not directories:
+        pytest.fail(f"no {what} to put in for the placeholder: did an earlier README command fail?")
+    return max(directories, key=lambda path: (path.name, path.stat().st_mtime))
+
+
+def resolve(kind: str, main: Path) -> Path:
+    if kind == "newest_run":
+        return _newest([path.parent for path in (main / "outputs" / "runs").glob("*/metrics.json")], PLACEHOLDER_MEANING[kind])
+    if kind == "newest_multirun":
+        return _newest([path for path in (main / "outputs" / "multiruns").glob("*") if path.is_dir()], PLACEHOLDER_MEANING[kind])
+    if kind == "data_root":
+        return main / "data"
+    raise AssertionError(f"unknown placeholder kind {kind!r}")
+
+
+def fill_placeholders(command: str, main: Path) -> str:
+    for placeholder in sorted(PLACEHOLDERS, key=len, reverse=True):
+        if placeholder in command:
+            command = command.replace(placeholder, shlex.quote(str(resolve(PLACEHOLDERS[placeholder], main))))
+    left = UNMAPPED_PLACEHOLDER.search(split_comment(command)[0])
+    assert left is None, f"README command has a placeholder this test does not know, {left.group()!r}: add it to PLACEHOLDERS\n  {command}"
+    return command
+
+
+# --- Running ----------------------------------------------------------------------------------
+
+def environment() -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """End the command's process group (it was started in its own session)."""
+    for sig, wait_s in ((signal.SIGTERM, 15), (signal.SIGKILL, 15)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_command(command: str, cwd: Path) -> tuple[int | str, str]:
+    """(exit status or "timeout", stdout and stderr interleaved)."""
+    process = subprocess.Popen(
+        ["bash", "-c", command], cwd=cwd, env=environment(), stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=TIMEOUT_S)
+        return process.returncode, output
+    except subprocess.TimeoutExpired:
+        _stop(process)
+        output, _ = process.communicate()
+        return f"timeout after {TIMEOUT_S} s", output
+
+
+def run_server(command: str, cwd: Path, log: Path) -> tuple[int | str, str]:
+    """Start a server command; 0 once it says it serves and answers a request, else why not."""
+    with log.open("w") as sink:
+        process = subprocess.Popen(
+            ["bash", "-c", command], cwd=cwd, env=environment(), stdin=subprocess.DEVNULL,
+            stdout=sink, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + TENSORBOARD_WAIT_S
+        while time.monotonic() < deadline:
+            serving = TENSORBOARD_SERVING.search(log.read_text())
+            if serving:
+                with urllib.request.urlopen(serving.group(1), timeout=30) as response:
+                    return (0 if response.status == 200 else f"HTTP {response.status} from {serving.group(1)}"), log.read_text()
+            if process.poll() is not None:
+                return f"exited with {process.returncode} before serving", log.read_text()
+            time.sleep(0.5)
+        return f"not serving after {TENSORBOARD_WAIT_S} s", log.read_text()
+    finally:
+        _stop(process)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """<tmp>/main: a copy of the checkout as a fresh clone has it; <tmp>/shared: the shared folder."""
+    root = tmp_path_factory.mktemp("readme")
+    main = root / "main"
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    if listed.returncode == 0:
+        for name in filter(None, listed.stdout.split("\0")):
+            source = REPO / name
+            if source.is_file():  # a tracked file deleted in the working tree is not there
+                (main / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, main / name)
+    else:  # not a git checkout (an sdist, say)
+        shutil.copytree(REPO, main, ignore=shutil.ignore_patterns(
+            ".git", "outputs", "data", "multirun", "lightning_logs", "__pycache__", "*.egg-info", ".pytest_cache"))
+        (main / "outputs").mkdir(exist_ok=True)
+    if SHARED.is_dir():
+        (root / "shared").symlink_to(SHARED, target_is_directory=True)
+    return main
+
+
+README_COMMANDS = readme_commands()
+
+
+def test_readme_has_commands():
+    assert len(README_COMMANDS) >= 10, f"found only {README_COMMANDS} in README.md's ```bash blocks"
+
+
+@pytest.mark.parametrize("command", README_COMMANDS, ids=[" ".join(command.split())[:60] for command in README_COMMANDS])
+def test_readme_command(command, workspace):
+    reason = skip_reason(command)
+    if reason:
+        pytest.skip(reason)
+    as_run = shorten(fill_placeholders(command, workspace), SHARED_MNIST.is_dir())
+    if is_server(command):
+        status, output = run_server(as_run, workspace, workspace.parent / "server.log")
+    else:
+        status, output = run_command(as_run, workspace)
+    assert status == 0, (
+        f"README command failed ({status}):\n  as written: {command}\n  as run (cwd {workspace}): {as_run}\n"
+        f"--- last {OUTPUT_TAIL} characters of stdout+stderr ---\n{output[-OUTPUT_TAIL:]}"
+    )
+
+
+def test_setup_block_is_what_ci_runs():
+    """README's set-up block is `pip install -e ".[dev]"` and `pytest`, and .ci/run runs
+    those very commands, in that order (it may run more after them), stopping at a failure."""
+    setup = [commands for heading, commands in bash_blocks(README.read_text()) if heading.lower().replace("-", "") == "setup"]
+    assert setup == [['pip install -e ".[dev]"', "pytest"]], f"README's set-up block(s): {setup}"
+    lines = [line.strip() for line in CI_SCRIPT.read_text().splitlines()]
+    assert any(re.match(r"set -\w*e", line) for line in lines), ".ci/run must stop at the first failing command (set -e)"
+    ci_commands = [line for line in lines if line and not line.startswith(("#", "set ", "cd "))]
+    remaining = iter(ci_commands)
+    assert all(command in remaining for command in setup[0]), f".ci/run runs {ci_commands}, README's set-up block {setup[0]}"
