@@ -80,6 +80,7 @@ class OptimConfig:
 
 @dataclass
 class EvalConfig:
+    val_ssim_images: int = 1000
     recon_z: str = "sample"
     samples_per_class: int = 1000
     save_images: bool = False
@@ -150,6 +151,7 @@ def validate(cfg: DictConfig, devices_here: bool = True) -> DictConfig:
     _require(optim.lr > 0, "optim.lr", optim.lr, "must be a number > 0")
     _require(optim.weight_decay >= 0, "optim.weight_decay", optim.weight_decay, "must be a number >= 0")
     _require(typed.eval.recon_z in RECON_Z_CHOICES, "eval.recon_z", typed.eval.recon_z, f"allowed: {' | '.join(RECON_Z_CHOICES)}")
+    _require(typed.eval.val_ssim_images >= 1, "eval.val_ssim_images", typed.eval.val_ssim_images, "must be an integer >= 1 (validation images graded by SSIM each epoch)")
     _require(typed.eval.samples_per_class >= 1, "eval.samples_per_class", typed.eval.samples_per_class, "must be an integer >= 1")
     _require(typed.optimized_metric in VAL_METRICS, "optimized_metric", typed.optimized_metric, f"allowed: {' | '.join(VAL_METRICS)}")
     _check_trainer(trainer, devices_here)

@@ -12,6 +12,13 @@ timings do not depend on the pixels.
     python scripts/benchmark.py          # the whole grid: 2 models x 2 batch sizes x 2 precisions
     python scripts/benchmark.py --models mlp --batch-sizes 1024 --precisions bf16-mixed --epochs 5
     python scripts/benchmark.py --models mlp --epochs 1 --limit-batches 5   # does every path run?
+    python scripts/benchmark.py --whole-run 20    # cvae-train end to end against a bare loop
+
+With --whole-run N, it times instead the whole of `cvae-train experiment=report_genmodel
+trainer.max_epochs=N` as a user runs it (a subprocess: start-up, data, N epochs with
+validation and checkpoints, the final validation and graded test), against a bare loop
+training the same N epochs in this process, and prints their ratio and where the
+framework's time went (a second, profiled run: Lightning's SimpleProfiler).
 
 Prints the median training-phase epoch time of each path (seconds), the ratios
 framework/bare and pipeline/framework, the framework's whole epoch (validation and
@@ -23,9 +30,13 @@ import argparse
 import csv
 import functools
 import itertools
+import json
 import logging
 import os
 import platform
+import re
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -187,6 +198,72 @@ def benchmark(overrides: list[str], real: bool, root: Path, args, device: torch.
     return {key: round(value, 4) for key, value in row.items()}
 
 
+PROFILE_ROW = re.compile(r"^\|\s+(\S.*?)\s*\t\|\s+([-\d.e]+)\s*\t\|\s+(\d+)\s*\t\|\s+([-\d.e]+)\s*\t\|")
+PHASES = {  # SimpleProfiler actions -> the phase they belong to
+    "training steps": ("run_training_batch",),
+    "validation steps": ("[Strategy]SingleDeviceStrategy.validation_step",),
+    "checkpoint writes": ("save_checkpoint",),
+    "image grids": ("[Callback]ImageLogger.on_validation_epoch_end", "[Callback]ImageLogger.on_fit_end"),
+    "test steps + grading": ("[Strategy]SingleDeviceStrategy.test_step", "[LightningModule]CVAEModule.on_test_epoch_end"),
+}
+
+
+def run_cli(overrides: list[str], run_dir: Path) -> tuple[float, dict]:
+    """`cvae-train` as a user runs it; its wall time and metrics.json."""
+    command = [sys.executable, "-m", "cvae_exp.train", *overrides, f"hydra.run.dir={run_dir}", "callbacks.progress_bar.refresh_rate=0"]
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"cvae-train failed:\n{result.stderr[-3000:]}")
+    return wall, json.loads((run_dir / "metrics.json").read_text())
+
+
+def profiled_phases(log: Path) -> dict[str, float]:
+    """Total seconds per phase from the SimpleProfiler reports in a run's train.log (each
+    stage's report repeats the earlier stages' actions: the largest total counts)."""
+    totals: dict[str, float] = {}
+    for line in log.read_text().splitlines():
+        match = PROFILE_ROW.match(line)
+        if match:
+            totals[match.group(1)] = max(totals.get(match.group(1), 0.0), float(match.group(4)))
+    return {phase: sum(totals.get(action, 0.0) for action in actions) for phase, actions in PHASES.items()}
+
+
+def whole_run(args, root: Path, real: bool, device: torch.device) -> None:
+    epochs = args.whole_run
+    overrides = ["experiment=report_genmodel", f"trainer.max_epochs={epochs}", f"data.root='{root}'", f"trainer.accelerator={device.type}"]
+    if not real:
+        raise SystemExit(f"--whole-run needs MNIST under {root}/MNIST/raw (see README)")
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        wall, metrics = run_cli(overrides, folder / "plain")
+        _, profiled = run_cli([*overrides, "++trainer.profiler=simple"], folder / "profiled")
+        phases = profiled_phases(folder / "profiled" / "train.log")
+        cfg = validate(compose_train(overrides, folder / "bare"))
+        datamodule = instantiate(cfg.data)
+        datamodule.setup()
+        images, labels = datamodule.splits["train"]
+        bare = PlainLoop(cfg, tensor_batches(images, labels, cfg.data.batch_size, None, device), device)
+        for _ in range(epochs):
+            bare.epoch()
+    bare_s = sum(bare.times)
+    print(f"\ncvae-train experiment=report_genmodel trainer.max_epochs={epochs}, end to end: {wall:.1f} s; bare loop, {epochs} training epochs: {bare_s:.1f} s")
+    print(f"ratio whole run / bare loop: {wall / bare_s:.2f}")
+    print(f"\nwhere the framework's time went (profiled run, seconds; its fit took {profiled['train_time_s']:.1f} s):")
+    fit_rest = profiled["train_time_s"] - sum(phases[p] for p in ("training steps", "validation steps", "checkpoint writes", "image grids"))
+    rows = {
+        "start-up, data, final validation, other": wall - metrics["train_time_s"] - phases["test steps + grading"],
+        **phases,
+        "rest of the fit (Lightning's loop, logging, sanity check)": fit_rest,
+    }
+    for phase, seconds in rows.items():
+        print(f"  {phase:<58} {seconds:7.2f}")
+    training = phases["training steps"] / epochs
+    per_epoch = (phases["validation steps"] + phases["checkpoint writes"]) / epochs
+    print(f"\nper epoch: training steps {training:.2f} s, validation + checkpoint writes {per_epoch:.2f} s ({100 * per_epoch / training:.0f}% of training)")
+
+
 def cpu_model() -> str:
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
@@ -212,6 +289,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmark/benchmark.csv"))
     parser.add_argument("--limit-batches", type=int, default=None, help="for smoke runs: at most K batches per epoch in every path and stage")
     parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    parser.add_argument("--whole-run", type=int, metavar="N", help="time cvae-train end to end (report model, N epochs) against a bare loop")
     args = parser.parse_args()
     if args.epochs < 1:
         parser.error("--epochs must be at least 1 (a median needs a timed epoch)")
@@ -230,11 +308,12 @@ def main() -> None:
 
     common = ["data=mnist", f"data.root='{root}'", f"trainer.accelerator={device.type}", f"trainer.max_epochs={args.epochs + 1}"]
     common += ["callbacks.progress_bar.refresh_rate=0"]  # printing would be timed too
-    common += ["++trainer.enable_model_summary=false"]  # printed before the timed epochs; it would bury the results
     if not real:
         common += [f"data.source._target_={random_mnist.__module__}.random_mnist", "~data.source.dataset"]
     if args.limit_batches:
         common += [f"++trainer.limit_{stage}_batches={args.limit_batches}" for stage in ("train", "val", "test")]
+    if args.whole_run:
+        return whole_run(args, root, real, device)
     rows = []
     for model, batch_size, precision in itertools.product(args.models, args.batch_sizes, args.precisions):
         overrides = [*common, f"model={model}", f"data.batch_size={batch_size}", f"trainer.precision={precision}"]

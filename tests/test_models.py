@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from cvae_exp.data import ImageSplits, TensorDataModule
+from cvae_exp.metrics import quantize_uint8, ssim_per_image
 from cvae_exp.models.conditioning import Concat, FiLMLayer
 from cvae_exp.models.conv import ConvDecoder, ConvEncoder
 from cvae_exp.module import CVAEModule
@@ -181,7 +182,7 @@ def test_lightning_module_trains_on_cpu(precision, tmp_path):
         loss={"likelihood": "gaussian", "var": 0.5, "beta": 1.0, "warmup_steps": 0},
         optim={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
         data=data_args,
-        eval={"recon_z": "sample", "samples_per_class": 3, "save_images": False},
+        eval={"val_ssim_images": 1000, "recon_z": "sample", "samples_per_class": 3, "save_images": False},
     )
     data = TensorDataModule(**data_args)
     trainer = L.Trainer(
@@ -197,3 +198,30 @@ def test_lightning_module_trains_on_cpu(precision, tmp_path):
     (graded,) = trainer.test(module, datamodule=data, verbose=False)
     for name in ("ssim", "mse", "fid", "score", "score_uncapped"):
         assert math.isfinite(graded[f"test/{name}"]), name
+
+
+def test_val_ssim_is_the_graders_ssim_over_the_first_images(tmp_path, monkeypatch):
+    """val/ssim: the grader's SSIM of the first `eval.val_ssim_images` validation images
+    (here 11 of 24, across two batches of 8); val/mse: the whole split."""
+    torch.manual_seed(0)
+    data_args = dict(
+        name="random", source=random_splits, root=str(tmp_path), image_shape=[1, 28, 28],
+        num_classes=NUM_CLASSES, batch_size=8, val_size=16,
+    )
+    module = CVAEModule(
+        model=OmegaConf.to_container(OmegaConf.merge(load_config("model", "mlp"), TINY["mlp"])),
+        conditioning=OmegaConf.to_container(load_config("conditioning", "concat")),
+        loss={"likelihood": "gaussian", "var": 0.5, "beta": 1.0, "warmup_steps": 0},
+        optim={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
+        data=data_args,
+        eval={"val_ssim_images": 11, "recon_z": "sample", "samples_per_class": 3, "save_images": False},
+    )
+    evaluate = module._evaluate
+    monkeypatch.setattr(module, "_evaluate", lambda batch, stage: (evaluate(batch, stage), batch[0].sqrt())[1])  # known reconstructions
+    data = TensorDataModule(**data_args)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    (metrics,) = trainer.validate(module, datamodule=data, verbose=False)
+    images = data.splits["val"][0].float() / 255
+    expected_ssim = ssim_per_image(quantize_uint8(images[:11]), quantize_uint8(images[:11].sqrt())).mean().item()
+    assert metrics["val/ssim"] == pytest.approx(expected_ssim, rel=1e-6)
+    assert metrics["val/mse"] == pytest.approx((images - images.sqrt()).pow(2).mean().item(), rel=1e-5)

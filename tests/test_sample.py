@@ -42,7 +42,7 @@ def run_dir(tmp_path_factory) -> Path:
         data=data,
         loss={"likelihood": "gaussian", "var": 0.5, "beta": 1.0, "warmup_steps": 0},
         optim={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
-        eval={"recon_z": "sample", "samples_per_class": 3, "save_images": False},
+        eval={"val_ssim_images": 1000, "recon_z": "sample", "samples_per_class": 3, "save_images": False},
     )
     trainer = L.Trainer(
         accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
