@@ -57,6 +57,7 @@ class Preflight(Callback):
             if config.get("resume"):
                 raise UserInputError(f"resume={config.resume!r} continues one run; it cannot be part of a multirun (-m). Resume each run on its own.")
             local = config.hydra.launcher._target_.endswith(("BasicLauncher", "JoblibLauncher"))  # jobs run on this machine
+            data_checked: set[str] = set()
             for number, overrides in enumerate(job_overrides(config)):
                 try:
                     job = compose(config_name=kwargs.get("config_name", "train"), overrides=overrides, return_hydra_config=True)
@@ -65,7 +66,7 @@ class Preflight(Callback):
                 with read_write(job.hydra.runtime), open_dict(job.hydra.runtime):
                     job.hydra.runtime.output_dir = str(sweep_dir / str(number))
                 HydraConfig.instance().set_config(job)
-                check_job(job, devices_here=local, prefix=f"In job {number} ({' '.join(overrides) or 'no overrides'}): " if number or overrides else "")
+                check_job(job, devices_here=local, data_checked=data_checked, prefix=f"In job {number} ({' '.join(overrides) or 'no overrides'}): " if number or overrides else "")
             HydraConfig.instance().set_config(config)
             check_writable(sweep_dir, "hydra.sweep.dir")
 
@@ -104,15 +105,19 @@ def display_path(path: Path) -> str:
     return os.path.relpath(path) if path.resolve().is_relative_to(Path.cwd()) else str(path)
 
 
-def check_job(config: DictConfig, devices_here: bool = True, prefix: str = "") -> None:
-    """Validate a job's config (its `hydra` node removed, as the task function gets it) and load its data."""
+def check_job(config: DictConfig, devices_here: bool = True, prefix: str = "", data_checked: set[str] | None = None) -> None:
+    """Validate a job's config (its `hydra` node removed, as the task function gets it) and
+    load its data, once per distinct data config (`data_checked` remembers them)."""
     task = copy.deepcopy(config)
     with read_write(task), open_dict(task):
         del task["hydra"]
+    data_checked = set() if data_checked is None else data_checked
     try:
         validate(task, devices_here)
-        if devices_here:  # a remote job may read its data from another root
+        data = OmegaConf.to_yaml(task.data, resolve=True)
+        if devices_here and data not in data_checked:  # a remote job may read its data from another root
             instantiate(task.data).setup()
+            data_checked.add(data)
     except UserInputError as error:
         raise UserInputError(f"{prefix}{error}") from None
 

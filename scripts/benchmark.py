@@ -250,7 +250,8 @@ def whole_run(args, root: Path, real: bool, device: torch.device) -> None:
     bare_s = sum(bare.times)
     print(f"\ncvae-train experiment=report_genmodel trainer.max_epochs={epochs}, end to end: {wall:.1f} s; bare loop, {epochs} training epochs: {bare_s:.1f} s")
     print(f"ratio whole run / bare loop: {wall / bare_s:.2f}")
-    print(f"\nwhere the framework's time went (profiled run, seconds; its fit took {profiled['train_time_s']:.1f} s):")
+    print(f"\nwhere the framework's time went, in seconds: the plain run's fit took {metrics['train_time_s']:.1f} s, the profiled run's {profiled['train_time_s']:.1f} s;")
+    print("the phases come from the profiled run, the first row from the plain one (its wall time less its fit and test):")
     fit_rest = profiled["train_time_s"] - sum(phases[p] for p in ("training steps", "validation steps", "checkpoint writes", "image grids"))
     rows = {
         "start-up, data, final validation, other": wall - metrics["train_time_s"] - phases["test steps + grading"],
