@@ -123,5 +123,14 @@ class CVAEModule(L.LightningModule):
         if self.hparams.eval["save_images"]:
             save_grader_images(Path(self.trainer.default_root_dir), reconstructions, generated, generated_labels)
 
+    def validation_metrics(self) -> dict[str, float]:
+        """The last validation's epoch metrics, as logged."""
+        return {name: float(value) for name, value in self.trainer.callback_metrics.items() if name.startswith("val/")}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Checkpoints are written after each validation: they carry its metrics, so that
+        metrics.json reports the best checkpoint's without validating it again."""
+        checkpoint["val_metrics"] = self.validation_metrics()
+
     def configure_optimizers(self):
         return instantiate(self.hparams.optim)(self.parameters())

@@ -41,8 +41,10 @@ def build(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> tuple[Tens
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit, then validate and test the best checkpoint; returns what metrics.json holds
-    (on every rank; rank 0 alone evaluates after data-parallel training)."""
+    """Fit, then test the best checkpoint; returns what metrics.json holds (on every rank;
+    rank 0 alone evaluates after data-parallel training). The validation metrics are
+    those logged at the best checkpoint's epoch, which the checkpoint carries: the same
+    numbers as on the curves, without a second validation pass."""
     share_cores_with_parallel_jobs()
     datamodule, module, trainer = build(cfg)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
@@ -55,8 +57,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.paths.output_dir)
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
-    # Validate the best checkpoint again for the value returned, unlogged: its epoch is on the curves already.
-    (val_metrics,) = single_device_trainer(trainer, loggers=[]).validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+    val_metrics = torch.load(best, map_location="cpu", weights_only=False)["val_metrics"] if best else module.validation_metrics()
     evaluator = trainer if trainer.world_size == 1 else single_device_trainer(trainer, loggers=trainer.loggers)
     (test_metrics,) = evaluator.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
     summary = run_summary(cfg)
@@ -66,7 +67,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return {
         "status": "debug" if is_debug_run() else "completed",
         "test": {key.removeprefix("test/"): float(value) for key, value in test_metrics.items()},
-        "val": {key.removeprefix("val/"): float(value) for key, value in val_metrics.items()},
+        "val": {key.removeprefix("val/"): value for key, value in val_metrics.items()},
         "recon_z": cfg.eval.recon_z,
         "score_form": "conditional" if module.cvae.is_conditional else "unconditional",
         "reference": OmegaConf.to_container(cfg.reference) if cfg.reference else None,

@@ -16,7 +16,7 @@ timings do not depend on the pixels.
 
 With --whole-run N, it times instead the whole of `cvae-train experiment=report_genmodel
 trainer.max_epochs=N` as a user runs it (a subprocess: start-up, data, N epochs with
-validation and checkpoints, the final validation and graded test), against a bare loop
+validation and checkpoints, the graded test of the best checkpoint), against a bare loop
 training the same N epochs in this process, and prints their ratio and where the
 framework's time went (a second, profiled run: Lightning's SimpleProfiler).
 
@@ -254,7 +254,7 @@ def whole_run(args, root: Path, real: bool, device: torch.device) -> None:
     print("the phases come from the profiled run, the first row from the plain one (its wall time less its fit and test):")
     fit_rest = profiled["train_time_s"] - sum(phases[p] for p in ("training steps", "validation steps", "checkpoint writes", "image grids"))
     rows = {
-        "start-up, data, final validation, other": wall - metrics["train_time_s"] - phases["test steps + grading"],
+        "start-up, data, checks, other": wall - metrics["train_time_s"] - phases["test steps + grading"],
         **phases,
         "rest of the fit (Lightning's loop, logging, sanity check)": fit_rest,
     }

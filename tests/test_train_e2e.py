@@ -5,6 +5,7 @@ import shutil
 import subprocess
 
 import lightning as L
+import pytest
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -42,6 +43,10 @@ def test_two_epochs_write_checkpoints_events_and_metrics_then_resume(tmp_path):
     expected = {"train/loss", "train/recon", "train/kl", "train/beta", "val/loss", "val/recon", "val/kl", "val/mse", "val/ssim"}
     assert expected <= scalars, expected - scalars
     assert len(events.Scalars("val/loss")) == 2
+    best_epoch = min(events.Scalars("val/loss"), key=lambda event: event.value)  # what the best checkpoint holds
+    for name in ("loss", "ssim", "mse"):
+        logged = next(e.value for e in events.Scalars(f"val/{name}") if e.step == best_epoch.step)
+        assert metrics["val"][name] == pytest.approx(logged, rel=1e-6), name
 
     result = run_cli(str(run), "--recon-z", "mean", "--samples-per-class", "20", cwd=tmp_path, tool="eval")
     assert result.returncode == 0, result.stderr[-3000:]
