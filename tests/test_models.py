@@ -168,23 +168,28 @@ def random_splits(root, num_train: int = 24, num_test: int = 20) -> ImageSplits:
     return ImageSplits(images[:num_train], labels[:num_train], images[num_train:], labels[num_train:])
 
 
-@pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
-def test_lightning_module_trains_on_cpu(precision, tmp_path):
+def tiny_module(tmp_path, conditioning: str, val_size: int, val_ssim_images: int) -> tuple[CVAEModule, TensorDataModule]:
+    """A small MLP CVAEModule and its DataModule over 24 random images, in batches of 8."""
     torch.manual_seed(0)
-    # 24 training images - 8 for validation = one epoch of two batches of 8.
     data_args = dict(
         name="random", source=random_splits, root=str(tmp_path), image_shape=[1, 28, 28],
-        num_classes=NUM_CLASSES, batch_size=8, val_size=8,
+        num_classes=NUM_CLASSES, batch_size=8, val_size=val_size,
     )
     module = CVAEModule(
         model=OmegaConf.to_container(OmegaConf.merge(load_config("model", "mlp"), TINY["mlp"])),
-        conditioning=OmegaConf.to_container(load_config("conditioning", "film")),
+        conditioning=OmegaConf.to_container(load_config("conditioning", conditioning)),
         loss={"likelihood": "gaussian", "var": 0.5, "beta": 1.0, "warmup_steps": 0},
         optim={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
         data=data_args,
-        eval={"val_ssim_images": 1000, "recon_z": "sample", "samples_per_class": 3, "save_images": False},
+        eval={"val_ssim_images": val_ssim_images, "recon_z": "sample", "samples_per_class": 3, "save_images": False},
     )
-    data = TensorDataModule(**data_args)
+    return module, TensorDataModule(**data_args)
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
+def test_lightning_module_trains_on_cpu(precision, tmp_path):
+    # 24 training images - 8 for validation = one epoch of two batches of 8.
+    module, data = tiny_module(tmp_path, "film", val_size=8, val_ssim_images=1000)
     trainer = L.Trainer(
         accelerator="cpu", devices=1, precision=precision, max_steps=2, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1, default_root_dir=tmp_path,
@@ -203,22 +208,9 @@ def test_lightning_module_trains_on_cpu(precision, tmp_path):
 def test_val_ssim_is_the_graders_ssim_over_the_first_images(tmp_path, monkeypatch):
     """val/ssim: the grader's SSIM of the first `eval.val_ssim_images` validation images
     (here 11 of 24, across two batches of 8); val/mse: the whole split."""
-    torch.manual_seed(0)
-    data_args = dict(
-        name="random", source=random_splits, root=str(tmp_path), image_shape=[1, 28, 28],
-        num_classes=NUM_CLASSES, batch_size=8, val_size=16,
-    )
-    module = CVAEModule(
-        model=OmegaConf.to_container(OmegaConf.merge(load_config("model", "mlp"), TINY["mlp"])),
-        conditioning=OmegaConf.to_container(load_config("conditioning", "concat")),
-        loss={"likelihood": "gaussian", "var": 0.5, "beta": 1.0, "warmup_steps": 0},
-        optim={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
-        data=data_args,
-        eval={"val_ssim_images": 11, "recon_z": "sample", "samples_per_class": 3, "save_images": False},
-    )
+    module, data = tiny_module(tmp_path, "concat", val_size=16, val_ssim_images=11)
     evaluate = module._evaluate
     monkeypatch.setattr(module, "_evaluate", lambda batch, stage: (evaluate(batch, stage), batch[0].sqrt())[1])  # known reconstructions
-    data = TensorDataModule(**data_args)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     (metrics,) = trainer.validate(module, datamodule=data, verbose=False)
     images = data.splits["val"][0].float() / 255

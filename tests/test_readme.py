@@ -133,10 +133,10 @@ def readme_commands() -> list[str]:
 
 # --- Rewriting a command for this test ---------------------------------------------------
 
-def split_comment(command: str) -> tuple[str, str]:
-    """(code, trailing `# comment` or "") of one shell line, minding quotes."""
+def unquoted(text: str):
+    """The positions of `text` outside quotes and backslash escapes, as a shell reads it."""
     quote, escaped = None, False
-    for i, char in enumerate(command):
+    for i, char in enumerate(text):
         if escaped:
             escaped = False
         elif char == "\\" and quote != "'":
@@ -145,7 +145,14 @@ def split_comment(command: str) -> tuple[str, str]:
             quote = None if char == quote else quote
         elif char in "'\"":
             quote = char
-        elif char == "#" and (i == 0 or command[i - 1].isspace()):
+        else:
+            yield i
+
+
+def split_comment(command: str) -> tuple[str, str]:
+    """(code, trailing `# comment` or "") of one shell line, minding quotes."""
+    for i in unquoted(command):
+        if command[i] == "#" and (i == 0 or command[i - 1].isspace()):
             return command[:i].rstrip(), command[i:]
     return command.rstrip(), ""
 
@@ -153,24 +160,14 @@ def split_comment(command: str) -> tuple[str, str]:
 def split_pipeline(code: str) -> list[str]:
     """The code cut before and after every `&&`, `||`, `|` and `;` outside quotes: the
     pieces alternate between simple commands and operators."""
-    pieces, start, quote, escaped, i = [], 0, None, False, 0
-    while i < len(code):
-        char = code[i]
-        if escaped:
-            escaped = False
-        elif char == "\\" and quote != "'":
-            escaped = True
-        elif quote:
-            quote = None if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif code.startswith(("&&", "||"), i) or char in "|;":
-            width = 2 if code.startswith(("&&", "||"), i) else 1
+    pieces, start = [], 0
+    for i in unquoted(code):
+        if i < start:
+            continue  # the second character of `&&` or `||`
+        width = 2 if code.startswith(("&&", "||"), i) else 1 if code[i] in "|;" else 0
+        if width:
             pieces += [code[start:i], code[i:i + width]]
             start = i + width
-            i += width
-            continue
-        i += 1
     return pieces + [code[start:]]
 
 
