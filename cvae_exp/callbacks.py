@@ -1,13 +1,34 @@
 """Lightning callbacks the libraries do not provide."""
 
+import os
 import random
 
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from cvae_exp import visualize
+
+
+class RelocatableCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, whose record of the best and last checkpoints follows a
+    run directory that was moved or copied. Lightning drops that record when the saved
+    `dirpath` differs from the current one; a resumed copy would then write last-v1.ckpt
+    beside a stale last.ckpt and pick its best among the new epochs only."""
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        old = state_dict.get("dirpath")
+        if old and self.dirpath and old != self.dirpath:
+            def moved(path: str) -> str:
+                return os.path.join(self.dirpath, os.path.relpath(path, old)) if path else path
+
+            state_dict = {
+                **state_dict, "dirpath": self.dirpath,
+                **{key: moved(state_dict.get(key, "")) for key in ("best_model_path", "kth_best_model_path", "last_model_path")},
+                "best_k_models": {moved(path): score for path, score in state_dict.get("best_k_models", {}).items()},
+            }
+        super().load_state_dict(state_dict)
 
 
 class RandomStateCheckpoint(Callback):

@@ -183,6 +183,11 @@ def _check_trainer(trainer: DictConfig, devices_here: bool) -> None:
         available[accelerator] or not devices_here, "trainer.accelerator", accelerator,
         "no such device is available on this machine; use trainer=default (accelerator=auto: a GPU when there is one) or trainer=cpu",
     )
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not available["gpu"])
+    _require(
+        not (devices_here and on_cpu and precision.startswith("16")), "trainer.precision", precision,
+        "float16 runs on a GPU only and this run trains on the CPU; use trainer.precision=bf16-mixed or 32-true",
+    )
 
 
 def _check_callbacks(callbacks: DictConfig) -> None:

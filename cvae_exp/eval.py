@@ -7,7 +7,9 @@ eval.json next to the run's metrics.json.
 
 import argparse
 import json
+import logging
 import os
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -33,7 +35,15 @@ def find_checkpoint(path: Path) -> Path:
         return path / best
     if (path / "checkpoints" / "last.ckpt").is_file():
         return path / "checkpoints" / "last.ckpt"
-    raise UserInputError(f"No checkpoint at {str(path)!r}: pass a .ckpt file or a run directory that holds checkpoints/last.ckpt.")
+    raise UserInputError(f"No checkpoint at {str(path)!r}: pass a .ckpt file or a run directory with checkpoints/ (its best checkpoint, else last.ckpt, is used).")
+
+
+def quiet_libraries() -> None:
+    """Lightning's notices (devices found, tips) and library deprecation warnings are not
+    the user's to act on; cvae-train sends them to train.log, these tools have none."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 def load_module(checkpoint: Path, **eval_overrides) -> CVAEModule:
@@ -54,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-root", help="where the dataset lives, if not where the run found it")
     parser.add_argument("--seed", type=int, default=42, help="seed of the sampling")
     args = parser.parse_args(argv)
+    quiet_libraries()
     try:
         if args.samples_per_class is not None and args.samples_per_class < 1:
             raise UserInputError(f"--samples-per-class {args.samples_per_class}: must be an integer >= 1 (generated images per class for the FID).")
@@ -61,8 +72,10 @@ def main(argv: list[str] | None = None) -> None:
         module = load_module(checkpoint, recon_z=args.recon_z, samples_per_class=args.samples_per_class, save_images=args.save_images)
         data = dict(module.hparams.data, **({"root": args.data_root} if args.data_root else {}))
         out = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-        L.seed_everything(args.seed)
-        trainer = L.Trainer(accelerator="auto", devices=1, logger=False, enable_checkpointing=False, default_root_dir=out)
+        L.seed_everything(args.seed, verbose=False)
+        trainer = L.Trainer(
+            accelerator="auto", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, default_root_dir=out
+        )
         (metrics,) = trainer.test(module, datamodule=instantiate(data), verbose=False)
     except UserInputError as error:
         report_and_exit(error, "cvae-eval")
@@ -74,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     write_json(out / "eval.json", result)
     print(json.dumps(result, indent=2))
+    print(f"cvae-eval: written to {out / 'eval.json'}")
 
 
 if __name__ == "__main__":

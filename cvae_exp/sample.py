@@ -28,7 +28,7 @@ from torchvision.utils import save_image
 
 from cvae_exp import visualize
 from cvae_exp.errors import UserInputError, report_and_exit
-from cvae_exp.eval import find_checkpoint, load_module
+from cvae_exp.eval import find_checkpoint, load_module, quiet_libraries
 from cvae_exp.models import CVAE
 
 MODES = ("grid", "interpolate", "traverse")
@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] in (["-h"], ["--help"]):
         print(__doc__)
         return
+    quiet_libraries()
     try:
         if not argv:
             raise UserInputError("missing the checkpoint: pass a .ckpt file or a run directory first, then key=value arguments (see cvae-sample --help).")

@@ -44,7 +44,7 @@ def closing_line(metrics: dict[str, Any], run_dir: Path, seconds: float) -> str:
         return f"cvae-train: failed after {seconds:.0f} s: {metrics['reason']} Run dir: {place}"
     test = metrics["test"]
     return (
-        f"cvae-train: {metrics['status']} in {seconds:.0f} s ({metrics['epochs']} epoch{'s' * (metrics['epochs'] != 1)}): test score {test['score']:.2f} "
+        f"cvae-train: {metrics['status']} in {seconds:.0f} s ({metrics['epochs']} epoch{'s' * (metrics['epochs'] != 1)} in all): test score {test['score']:.2f} "
         f"(ssim {test['ssim']:.4f}, mse {test['mse']:.4f}, fid {test['fid']:.2f}). Run dir: {place}"
     )
 

@@ -83,7 +83,7 @@ def test_mismatched_shape_classes_and_bad_val_size_are_refused():
         digits_module(image_shape=[3, 32, 32])
     with pytest.raises(UserInputError, match="data.num_classes=5: .* 0..9"):
         digits_module(num_classes=5)
-    with pytest.raises(UserInputError, match="data.val_size=5000: .* 1500 training images"):
+    with pytest.raises(UserInputError, match="data.val_size=5000: .* 1500 images of digits.s training set"):
         digits_module(val_size=5000)
 
 

@@ -76,6 +76,7 @@ BAD_INPUTS = [
     ("train", ["trainer.precision=8-bit"], ["8-bit", "bf16-mixed"]),
     ("train", ["trainer.max_epochs=0"], ["trainer.max_epochs=0", ">= 1"]),
     ("train", ["trainer=gpu"], ["trainer.accelerator='gpu'", "trainer=cpu"]),
+    ("train", ["trainer.precision=16-mixed", "trainer=cpu"], ["trainer.precision='16-mixed'", "bf16-mixed"]),
     ("train", ["trainer.accelerator=tpu"], ["tpu", "auto | cpu | gpu"]),
     ("train", ["seed=-1"], ["seed=-1", ">= 0"]),
     ("train", ["eval.recon_z=median"], ["median", "sample | mean"]),
@@ -109,7 +110,7 @@ BAD_INPUTS = [
     ("train", ["resume={truncated_last}"], ["last.ckpt cannot be read", "epoch_001.ckpt is intact (2 epochs)"]),
     ("eval", ["/no/such/run"], ["/no/such/run", ".ckpt"]),
     ("eval", ["{truncated}"], ["truncated.ckpt", "cvae-train"]),
-    ("eval", ["{no_checkpoint}"], ["run_without_checkpoint", "checkpoints/last.ckpt"]),
+    ("eval", ["{no_checkpoint}"], ["run_without_checkpoint", "checkpoints/"]),
     ("eval", ["{damaged_metrics}"], ["metrics.json", "not valid JSON"]),
     ("eval", ["{run}", "--samples-per-class", "0"], ["--samples-per-class 0", ">= 1"]),
     ("eval", ["{run}", "--recon-z", "median"], ["median", "sample"]),
@@ -205,13 +206,27 @@ def test_resume_keeps_the_history_of_the_run(tmp_path, trained_run):
     for epochs in (3, 4):
         result = run_cli(f"resume={run}", f"trainer.max_epochs={epochs}", cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
-        assert "cvae-train: completed" in result.stdout and f"({epochs} epochs)" in result.stdout
+        assert "cvae-train: completed" in result.stdout and f"({epochs} epochs in all)" in result.stdout
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epochs"] == 4 and metrics["train_time_s"] > first["train_time_s"]
     assert [resume["overrides"] for resume in metrics["resumes"]] == [["trainer.max_epochs=3"], ["trainer.max_epochs=4"]]
     assert (run / ".hydra" / "overrides.yaml").read_bytes() == overrides_before
     assert "max_epochs: 4" in (run / ".hydra" / "config.yaml").read_text()
     assert metrics["best_checkpoint"].startswith("checkpoints/epoch_")
+
+
+def test_a_copied_run_resumes_in_its_own_checkpoints(tmp_path, trained_run):
+    """The checkpoint callback's record of best and last follows the copy: last.ckpt is
+    replaced (no last-v1.ckpt), and resuming again to the same epochs is refused."""
+    copy = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(trained_run, copy)
+    result = run_cli(f"resume={copy}", "trainer.max_epochs=3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = sorted(path.name for path in (copy / "checkpoints").iterdir())
+    assert not [name for name in names if "-v" in name], names
+    assert torch.load(copy / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 2
+    again = run_cli(f"resume={copy}", "trainer.max_epochs=3", cwd=tmp_path)
+    assert again.returncode == 2 and "is finished after 3 epochs" in again.stderr
 
 
 def test_a_copied_or_moved_run_evaluates_itself(tmp_path, trained_run, monkeypatch, capsys):

@@ -21,7 +21,7 @@ def test_two_epochs_write_checkpoints_events_and_metrics_then_resume(tmp_path):
     result = run_cli(*FAST, "trainer.max_epochs=2", f"hydra.run.dir={run}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     closing = result.stdout.strip().splitlines()[-1]
-    assert closing.startswith("cvae-train: completed in ") and "(2 epochs): test score " in closing and closing.endswith("Run dir: run")
+    assert closing.startswith("cvae-train: completed in ") and "(2 epochs in all): test score " in closing and closing.endswith("Run dir: run")
     for notice in ("Tip:", "GPU available", "Warning", "warn"):  # Lightning's notices and warnings: in train.log only
         assert notice not in result.stdout + result.stderr, notice
     log = (run / "train.log").read_text()

@@ -69,8 +69,8 @@ class TensorDataModule(L.LightningDataModule):
             )
         if not 0 < self.val_size < count:
             raise UserInputError(
-                f"Invalid config value data.val_size={self.val_size}: it is taken from the {count} training images "
-                f"of {self.name} and must be between 1 and {count - 1}."
+                f"Invalid config value data.val_size={self.val_size}: the validation images are taken from the {count} "
+                f"images of {self.name}'s training set (the rest are trained on), so it must be between 1 and {count - 1}."
             )
 
     def _batches(self, split: str, shuffle: bool = False) -> TensorBatches:
