@@ -2,7 +2,8 @@
 
 The checkpoint carries the run's model, data and eval configs (CVAEModule's
 hyperparameters), so this runs the same test stage as `cvae-train` and writes
-eval.json next to the run's metrics.json.
+eval.json next to the run's metrics.json. torch and Lightning are imported once the
+arguments have passed their checks, so that a bad one is refused at once.
 """
 
 import argparse
@@ -12,12 +13,8 @@ import os
 import warnings
 from pathlib import Path
 
-import lightning as L
-from hydra.utils import instantiate
-
-from cvae_exp.errors import UserInputError, report_and_exit
 from cvae_exp.config import RECON_Z_CHOICES
-from cvae_exp.module import CVAEModule
+from cvae_exp.errors import UserInputError, report_and_exit
 from cvae_exp.train import write_json
 
 
@@ -46,7 +43,10 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
-def load_module(checkpoint: Path, **eval_overrides) -> CVAEModule:
+def load_module(checkpoint: Path, **eval_overrides):
+    """The CVAEModule a checkpoint holds, with eval settings overridden."""
+    from cvae_exp.module import CVAEModule
+
     try:
         module = CVAEModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
     except Exception as error:  # truncated file, another model's checkpoint, ...
@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> None:
             raise UserInputError(f"--samples-per-class {args.samples_per_class}: must be an integer >= 1 (generated images per class for the FID).")
         checkpoint = find_checkpoint(args.path)
         module = load_module(checkpoint, recon_z=args.recon_z, samples_per_class=args.samples_per_class, save_images=args.save_images)
+        import lightning as L
+        from hydra.utils import instantiate
+
         data = dict(module.hparams.data, **({"root": args.data_root} if args.data_root else {}))
         out = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
         L.seed_everything(args.seed, verbose=False)

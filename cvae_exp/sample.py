@@ -19,17 +19,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
-from torchvision.utils import save_image
 
-from cvae_exp import visualize
 from cvae_exp.errors import UserInputError, report_and_exit
 from cvae_exp.eval import find_checkpoint, load_module, quiet_libraries
-from cvae_exp.models import CVAE
 
 MODES = ("grid", "interpolate", "traverse")
 KEYS = "labels (class numbers, e.g. [0,3]), n (int), out (image path), mode (grid|interpolate|traverse), dim (int), span (float), steps (int), seed (int)"
@@ -67,9 +63,14 @@ def parse_overrides(overrides: list[str]) -> SampleConfig:
     return config
 
 
-def draw(cvae: CVAE, config: SampleConfig) -> torch.Tensor:
-    """The grid of `config.mode`, seeded; values out of range for this model (a label,
-    dim) are the user's to fix, not a bug."""
+def draw(cvae, config: SampleConfig):
+    """The grid of `config.mode` (a tensor), seeded; values out of range for this model
+    (a label, dim) are the user's to fix, not a bug. torch loads here, once the arguments
+    have passed their checks."""
+    import torch
+
+    from cvae_exp import visualize
+
     labels = torch.tensor(range(cvae.num_classes) if config.labels is None else config.labels)
     torch.manual_seed(config.seed)
     try:
@@ -82,9 +83,11 @@ def draw(cvae: CVAE, config: SampleConfig) -> torch.Tensor:
         raise UserInputError(f"{error}.") from None
 
 
-def save_atomically(grid: torch.Tensor, out: Path) -> None:
+def save_atomically(grid, out: Path) -> None:
     """Write through a temporary file in the same directory and rename, so that a viewer
     never shows half an image and a failed write leaves nothing behind."""
+    from torchvision.utils import save_image
+
     out.parent.mkdir(parents=True, exist_ok=True)
     temporary = out.with_name(f".{out.stem}.tmp{out.suffix}")  # the suffix tells save_image the format
     try:
