@@ -95,7 +95,8 @@ class CVAEModule(L.LightningModule):
         images = batch[0]
         reconstructions = self._evaluate(batch, "val")
         self.val_mse.update(reconstructions, images)
-        graded = max(0, min(len(images), self.hparams.eval["val_ssim_images"] - batch_idx * len(images)))
+        first = batch_idx * self.hparams.data["batch_size"]  # batches are in order; the last one may be shorter
+        graded = max(0, min(len(images), self.hparams.eval["val_ssim_images"] - first))
         if graded:
             self.val_ssim.update(ssim_per_image(quantize_uint8(images[:graded]), quantize_uint8(reconstructions[:graded])))
         self.log_dict({"val/mse": self.val_mse, "val/ssim": self.val_ssim})

@@ -205,15 +205,16 @@ def test_lightning_module_trains_on_cpu(precision, tmp_path):
         assert math.isfinite(graded[f"test/{name}"]), name
 
 
-def test_val_ssim_is_the_graders_ssim_over_the_first_images(tmp_path, monkeypatch):
+@pytest.mark.parametrize("val_size,graded", [(16, 11), (20, 18)])
+def test_val_ssim_is_the_graders_ssim_over_the_first_images(tmp_path, monkeypatch, val_size, graded):
     """val/ssim: the grader's SSIM of the first `eval.val_ssim_images` validation images
-    (here 11 of 24, across two batches of 8); val/mse: the whole split."""
-    module, data = tiny_module(tmp_path, "concat", val_size=16, val_ssim_images=11)
+    (11 of 16 across two batches of 8; 18 of 20, whose last batch holds 4); val/mse: the whole split."""
+    module, data = tiny_module(tmp_path, "concat", val_size=val_size, val_ssim_images=graded)
     evaluate = module._evaluate
     monkeypatch.setattr(module, "_evaluate", lambda batch, stage: (evaluate(batch, stage), batch[0].sqrt())[1])  # known reconstructions
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     (metrics,) = trainer.validate(module, datamodule=data, verbose=False)
     images = data.splits["val"][0].float() / 255
-    expected_ssim = ssim_per_image(quantize_uint8(images[:11]), quantize_uint8(images[:11].sqrt())).mean().item()
+    expected_ssim = ssim_per_image(quantize_uint8(images[:graded]), quantize_uint8(images[:graded].sqrt())).mean().item()
     assert metrics["val/ssim"] == pytest.approx(expected_ssim, rel=1e-6)
     assert metrics["val/mse"] == pytest.approx((images - images.sqrt()).pow(2).mean().item(), rel=1e-5)
