@@ -223,6 +223,11 @@ def _build_model(typed: DictConfig):
         ) from None
 
 
+def epochs_done(checkpoint: dict) -> int:
+    """Epochs a cvae-train checkpoint has trained: it is written at the end of its (0-based) epoch."""
+    return checkpoint["epoch"] + 1
+
+
 def _check_checkpoint(path: str, model, max_epochs: int) -> None:
     """The checkpoint must exist, load, hold this config's network tensor for tensor, and
     leave epochs to train before max_epochs."""
@@ -232,7 +237,7 @@ def _check_checkpoint(path: str, model, max_epochs: int) -> None:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
         saved = {key.removeprefix("cvae."): tuple(value.shape) for key, value in checkpoint["state_dict"].items() if key.startswith("cvae.")}
-        epochs_done = checkpoint["epoch"] + 1  # written at the end of that (0-based) epoch
+        done = epochs_done(checkpoint)
     except Exception as error:  # truncated, not a torch file, not a Lightning checkpoint
         raise UserInputError(
             f"Invalid config value ckpt_path={path!r}: the file cannot be read as a cvae-exp checkpoint "
@@ -249,8 +254,8 @@ def _check_checkpoint(path: str, model, max_epochs: int) -> None:
             f"or set model/conditioning/data as they were."
         )
     _require(
-        max_epochs > epochs_done, "trainer.max_epochs", max_epochs,
-        f"the checkpoint ckpt_path={path!r} has trained {epochs_done} epochs already; pass trainer.max_epochs={epochs_done + 1} or more to train on from it",
+        max_epochs > done, "trainer.max_epochs", max_epochs,
+        f"the checkpoint ckpt_path={path!r} has trained {done} epochs already; pass trainer.max_epochs={done + 1} or more to train on from it",
     )
 
 

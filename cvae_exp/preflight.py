@@ -29,7 +29,7 @@ from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from cvae_exp.config import composition_error, validate
+from cvae_exp.config import composition_error, epochs_done, validate
 from cvae_exp.errors import UserInputError, report_and_exit
 
 RESUMES_FILE = Path(".hydra") / "resumes.yaml"
@@ -180,15 +180,15 @@ def continue_run(config: DictConfig) -> tuple[dict, list[str]]:
                 f"such as trainer.max_epochs=N may be overridden."
             )
         OmegaConf.update(saved, key, override.value(), force_add=True)
-    epochs_done = _epochs_in(last, run_dir)
+    done = _epochs_in(last, run_dir)
     max_epochs = saved.trainer.max_epochs
     metrics_file = run_dir / "metrics.json"
     finished = metrics_file.is_file() and json.loads(metrics_file.read_text()).get("status") in ("completed", "debug")
-    if max_epochs < epochs_done or (finished and max_epochs == epochs_done):
+    if max_epochs < done or (finished and max_epochs == done):
         state = "is finished" if finished else "has checkpoints/last.ckpt"
         raise UserInputError(
             f"Cannot resume resume={config.resume!r} with trainer.max_epochs={max_epochs}: the run {state} after "
-            f"{epochs_done} epochs; pass trainer.max_epochs={epochs_done + 1} or more to train it longer."
+            f"{done} epochs; pass trainer.max_epochs={done + 1} or more to train it longer."
         )
     new_config = OmegaConf.to_container(saved)
     saved.resume, saved.ckpt_path = str(run_dir), str(last)
@@ -206,12 +206,12 @@ def _epochs_in(last: Path, run_dir: Path) -> int:
     import torch
 
     try:
-        return torch.load(last, map_location="cpu", weights_only=False)["epoch"] + 1
+        return epochs_done(torch.load(last, map_location="cpu", weights_only=False))
     except Exception as error:  # truncated or overwritten
         intact = []
         for candidate in sorted((run_dir / "checkpoints").glob("epoch_*.ckpt"), reverse=True):
             try:
-                intact.append((candidate, torch.load(candidate, map_location="cpu", weights_only=False)["epoch"] + 1))
+                intact.append((candidate, epochs_done(torch.load(candidate, map_location="cpu", weights_only=False))))
                 break
             except Exception:
                 continue
