@@ -9,6 +9,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from cvae_exp import visualize
+from cvae_exp.models.priors import StandardPrior
 
 
 class RelocatableCheckpoint(ModelCheckpoint):
@@ -66,7 +67,8 @@ class RandomStateCheckpoint(Callback):
 class ImageLogger(Callback):
     """Grids in TensorBoard every `every_n_epochs` epochs and at the end of training:
     samples with one row per class, validation images above their reconstructions, one
-    z decoded under every label, and latent interpolations between same-class pairs.
+    z decoded under every label (standard prior), and latent interpolations between
+    same-class pairs; for an image-conditioned task, condition / predictions / truth rows.
     Drawing forks the random generators, so logging images does not change training."""
 
     def __init__(self, every_n_epochs: int = 5, samples_per_class: int = 8, num_images: int = 8, steps: int = 10):
@@ -92,14 +94,18 @@ class ImageLogger(Callback):
         cvae = pl_module.cvae
         images, labels = trainer.datamodule.splits["val"]
         images, labels = images.to(pl_module.device).float() / 255, labels.to(pl_module.device)
-        starts, ends = same_class_pairs(labels, cvae.num_classes)
         with torch.random.fork_rng(devices=[pl_module.device] if pl_module.device.type == "cuda" else []):
-            grids = {
-                "images/samples_by_class": visualize.class_samples(cvae, torch.arange(cvae.num_classes), self.samples_per_class),
-                "images/reconstructions": visualize.reconstructions(cvae, images[: self.num_images], labels[: self.num_images]),
-                "images/label_swap": visualize.label_swap(cvae, self.num_images),
-                "images/interpolation": visualize.interpolation(cvae, images[starts], labels[starts], images[ends], labels[ends], self.steps),
-            }
+            if not cvae.labels_condition:  # an image-conditioned task
+                grids = {"images/completions": visualize.completions(cvae, pl_module.task, images[: self.num_images], labels[: self.num_images], self.samples_per_class)}
+            else:
+                starts, ends = same_class_pairs(labels, cvae.num_classes)
+                grids = {
+                    "images/samples_by_class": visualize.class_samples(cvae, torch.arange(cvae.num_classes), self.samples_per_class),
+                    "images/reconstructions": visualize.reconstructions(cvae, images[: self.num_images], labels[: self.num_images]),
+                    "images/interpolation": visualize.interpolation(cvae, images[starts], labels[starts], images[ends], labels[ends], self.steps),
+                }
+                if type(cvae.prior) is StandardPrior:  # one z under every label is a prior draw only there
+                    grids["images/label_swap"] = visualize.label_swap(cvae, self.num_images)
         for writer in writers:
             for tag, grid in grids.items():
                 writer.add_image(tag, grid, trainer.global_step)

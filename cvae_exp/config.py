@@ -84,6 +84,7 @@ class EvalConfig:
     recon_z: str = "sample"
     samples_per_class: int = 1000
     save_images: bool = False
+    nll_samples: int = 0
 
 
 @dataclass
@@ -101,6 +102,8 @@ class TrainConfig:
     conditioning: dict[str, Any]
     trainer: dict[str, Any]
     paths: PathsConfig
+    task: Optional[dict[str, Any]] = None  # None: the label task (configs/task/label.yaml)
+    prior: Optional[dict[str, Any]] = None  # None: N(0, I) (configs/prior/standard.yaml)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -153,10 +156,14 @@ def validate(cfg: DictConfig, devices_here: bool = True) -> DictConfig:
     _require(typed.eval.recon_z in RECON_Z_CHOICES, "eval.recon_z", typed.eval.recon_z, f"allowed: {' | '.join(RECON_Z_CHOICES)}")
     _require(typed.eval.val_ssim_images >= 1, "eval.val_ssim_images", typed.eval.val_ssim_images, "must be an integer >= 1 (validation images graded by SSIM each epoch)")
     _require(typed.eval.samples_per_class >= 1, "eval.samples_per_class", typed.eval.samples_per_class, "must be an integer >= 1")
+    _require(typed.eval.nll_samples >= 0, "eval.nll_samples", typed.eval.nll_samples, "must be an integer >= 0 (importance samples per test image for test/nll; 0: no likelihood estimate)")
     _require(typed.optimized_metric in VAL_METRICS, "optimized_metric", typed.optimized_metric, f"allowed: {' | '.join(VAL_METRICS)}")
     _check_trainer(trainer, devices_here)
-    _check_callbacks(typed.callbacks or {})
     model = _build_model(typed)
+    if not model.labels_condition:
+        for key, metric in [("optimized_metric", typed.optimized_metric)] + [(f"callbacks.{name}.monitor", c.get("monitor")) for name, c in (typed.callbacks or {}).items() if isinstance(c, DictConfig)]:
+            _require(metric != "val/ssim", key, metric, "val/ssim is the label task's metric; an image-conditioned task logs val/loss, val/recon, val/kl and val/mse (over its target pixels)")
+    _check_callbacks(typed.callbacks or {})
     if typed.ckpt_path is not None:
         _check_checkpoint(typed.ckpt_path, model, trainer.max_epochs)
     return cfg
@@ -205,21 +212,21 @@ def _check_callbacks(callbacks: DictConfig) -> None:
 
 
 def _build_model(typed: DictConfig):
-    """Build the network on the declared data shape (milliseconds), so that an
-    architecture that cannot handle the data fails here, not after data loading."""
+    """Build the task and the network on the declared data shape (milliseconds), so that
+    an architecture, a prior or a task that cannot handle the data fails here, not after
+    data loading."""
+    from cvae_exp.models import build_cvae
+    from cvae_exp.tasks import LabelTask
+
     try:
-        return instantiate(
-            typed.model,
-            conditioning=instantiate(typed.conditioning),
-            image_shape=list(typed.data.image_shape),
-            num_classes=typed.data.num_classes,
-        )
+        task = instantiate(typed.task) if typed.task else LabelTask()
+        return build_cvae(typed.model, typed.conditioning, typed.prior, task, typed.data)
     except Exception as error:  # any constructor error is a config error here
         cause = error.__cause__ or error
         raise UserInputError(
             f"The model config cannot be built for data {typed.data.name} with image shape "
-            f"{list(typed.data.image_shape)}: {cause}. Change model.encoder / model.decoder "
-            f"(see configs/model/) or choose another model."
+            f"{list(typed.data.image_shape)}: {cause}. Change the task (configs/task/), the prior "
+            f"(configs/prior/) or model.encoder / model.decoder (configs/model/), or choose another model."
         ) from None
 
 

@@ -14,9 +14,12 @@ from torchmetrics import MeanMetric, MeanSquaredError
 
 from cvae_exp.errors import TrainingDiverged
 from cvae_exp.evaluation import generate_per_class, grade, save_grader_images
+from cvae_exp.likelihood import importance_sampled_nll
 from cvae_exp.metrics import quantize_uint8, ssim_per_image
-from cvae_exp.models import CVAE
+from cvae_exp.models import CVAE, build_cvae
 from cvae_exp.objective import Objective
+from cvae_exp.tasks import LabelTask
+
 
 class CVAEModule(L.LightningModule):
     """Built from plain config dicts, saved as hyperparameters, so that a checkpoint
@@ -31,21 +34,43 @@ class CVAEModule(L.LightningModule):
         loss: dict[str, Any],
         optim: dict[str, Any],
         eval: dict[str, Any],
+        task: dict[str, Any] | None = None,
+        prior: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.cvae: CVAE = instantiate(
-            model, conditioning=instantiate(conditioning), image_shape=list(data["image_shape"]), num_classes=data["num_classes"]
-        )
+        self.task = instantiate(task) if task else LabelTask()
+        self.cvae: CVAE = build_cvae(model, conditioning, prior, self.task, data)
         self.objective = Objective(**loss)
         self.val_mse, self.val_ssim = MeanSquaredError(), MeanMetric()
+        self.test_mse, self.test_nll, self.test_neg_elbo = MeanSquaredError(), MeanMetric(), MeanMetric()
         self.test_records: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
-    def training_step(self, batch, batch_idx):
+    @classmethod
+    def from_config(cls, cfg) -> "CVAEModule":
+        """The module a composed training config describes."""
+        from omegaconf import OmegaConf
+
+        keys = ("model", "conditioning", "data", "loss", "optim", "eval", "task", "prior")
+        return cls(**{key: OmegaConf.to_container(cfg[key], resolve=True) for key in keys if cfg.get(key) is not None})
+
+    @property
+    def graded(self) -> bool:
+        """The lab's grader (SSIM, per-class FID, Score) applies where labels are the condition."""
+        return self.cvae.labels_condition
+
+    def _split(self, batch, batch_idx: int | None = None):
+        """(images, condition, target mask) of a batch. Validation and test pass their batch
+        index, which seeds the task's random draws (inpainting holes): the same every epoch."""
         images, labels = batch
-        output = self.cvae(images, labels)
-        beta = self.objective.beta_at(self.global_step)
-        terms = self.objective(images, output.logits, output.mu, output.logvar, beta)
+        generator = None if batch_idx is None else torch.Generator().manual_seed(batch_idx)
+        condition, mask = self.task(images, labels, generator)
+        return images, condition, mask
+
+    def training_step(self, batch, batch_idx):
+        images, condition, mask = self._split(batch)
+        output = self.cvae(images, condition)
+        terms = self.objective(images, output.logits, output.kl, self.objective.beta_at(self.global_step), mask)
         self._stop_if_diverged(terms)
         self.train_sums += torch.stack(list(terms.values())).detach() * len(images)
         self.train_count += len(images)
@@ -77,43 +102,60 @@ class CVAEModule(L.LightningModule):
             f"before this step are kept; the best is the last with a finite validation loss."
         )
 
-    def _evaluate(self, batch, stage: str) -> torch.Tensor:
+    def _evaluate(self, images, condition, mask, stage: str) -> torch.Tensor:
         """Log the objective's terms and return the reconstruction (pixel means) of the
         forward pass. Validation and test use the configured beta, not the warm-up's
         current one, so that val/loss (the checkpoint criterion) is the same objective
         every epoch."""
-        images, labels = batch
-        output = self.cvae(images, labels)
-        terms = self.objective(images, output.logits, output.mu, output.logvar, self.objective.beta)
+        output = self.cvae(images, condition)
+        terms = self.objective(images, output.logits, output.kl, self.objective.beta, mask)
         self.log_dict({f"{stage}/{name}": value for name, value in terms.items()}, sync_dist=True)
         return torch.sigmoid(output.logits.float())
 
     def validation_step(self, batch, batch_idx):
-        """val/mse over the whole split; val/ssim, the grader's SSIM (8-bit, 7x7 window,
-        equal to skimage's), over its first `eval.val_ssim_images` images: on a CPU SSIM
-        costs about 3x the forward pass, and every epoch pays for it (scripts/benchmark.py)."""
-        images = batch[0]
-        reconstructions = self._evaluate(batch, "val")
-        self.val_mse.update(reconstructions, images)
+        """val/mse over the target pixels of the whole split; for the label task val/ssim,
+        the grader's SSIM (8-bit, 7x7 window, equal to skimage's), over its first
+        `eval.val_ssim_images` images: on a CPU SSIM costs about 3x the forward pass, and
+        every epoch pays for it (scripts/benchmark.py)."""
+        images, condition, mask = self._split(batch, batch_idx)
+        reconstructions = self._evaluate(images, condition, mask, "val")
+        self.val_mse.update(*_targets(reconstructions, images, mask))
+        self.log("val/mse", self.val_mse)
+        if not self.graded:
+            return
         first = batch_idx * self.hparams.data["batch_size"]  # batches are in order; the last one may be shorter
         graded = max(0, min(len(images), self.hparams.eval["val_ssim_images"] - first))
         if graded:
             self.val_ssim.update(ssim_per_image(quantize_uint8(images[:graded]), quantize_uint8(reconstructions[:graded])))
-        self.log_dict({"val/mse": self.val_mse, "val/ssim": self.val_ssim})
+        self.log("val/ssim", self.val_ssim)
 
     def on_test_epoch_start(self):
         self.test_records = []
 
     def test_step(self, batch, batch_idx):
-        """Keep 8-bit originals and reconstructions: from the forward pass's sampled z
-        as the lab does (eval.recon_z=sample) or from the posterior mean (mean)."""
-        images, labels = batch
-        reconstructions = self._evaluate(batch, "test")
-        if self.hparams.eval["recon_z"] == "mean":
-            reconstructions = self.cvae.reconstruct(images, labels, use_mean=True).float()
-        self.test_records.append((quantize_uint8(images), quantize_uint8(reconstructions), labels))
+        """Label task: keep 8-bit originals and reconstructions for the grader, from the
+        forward pass's sampled z as the lab does (eval.recon_z=sample) or from the posterior
+        mean (mean). Other tasks: test/mse of a prediction from z ~ p(z | c) over the target
+        pixels. With eval.nll_samples = K > 0, test/nll (K importance samples) and
+        test/neg_elbo, in nats per image over the target pixels."""
+        images, condition, mask = self._split(batch, batch_idx)
+        reconstructions = self._evaluate(images, condition, mask, "test")
+        if self.graded:
+            if self.hparams.eval["recon_z"] == "mean":
+                reconstructions = self.cvae.reconstruct(images, condition, use_mean=True).float()
+            self.test_records.append((quantize_uint8(images), quantize_uint8(reconstructions), condition))
+        else:
+            self.test_mse.update(*_targets(self.cvae.sample(condition).float(), images, mask))
+            self.log("test/mse", self.test_mse)
+        if self.hparams.eval.get("nll_samples", 0):
+            nll, neg_elbo = importance_sampled_nll(self.cvae, self.objective, images, condition, mask, self.hparams.eval["nll_samples"])
+            self.test_nll.update(nll)
+            self.test_neg_elbo.update(neg_elbo)
+            self.log_dict({"test/nll": self.test_nll, "test/neg_elbo": self.test_neg_elbo})
 
     def on_test_epoch_end(self):
+        if not self.graded:
+            return
         originals, reconstructions, labels = (torch.cat(parts) for parts in zip(*self.test_records))
         self.test_records = []
         generated, generated_labels = generate_per_class(
@@ -135,3 +177,11 @@ class CVAEModule(L.LightningModule):
 
     def configure_optimizers(self):
         return instantiate(self.hparams.optim)(self.parameters())
+
+
+def _targets(predictions: torch.Tensor, images: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target pixels of predictions and images (all of them without a mask)."""
+    if mask is None:
+        return predictions, images
+    keep = mask.bool()
+    return predictions[keep], images[keep]

@@ -27,9 +27,7 @@ def build(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> tuple[Tens
     callback no checkpoint is written (Lightning would otherwise add one of its own)."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
-    module = CVAEModule(
-        **{key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "conditioning", "data", "loss", "optim", "eval")}
-    )
+    module = CVAEModule.from_config(cfg)
     loggers = [instantiate(logger) for logger in (cfg.logger or {}).values()]
     callbacks = [instantiate(callback) for callback in (cfg.callbacks or {}).values()]
     callbacks = [c for c in callbacks if loggers or not isinstance(c, LearningRateMonitor)] + [Timer()] + list(extra_callbacks)

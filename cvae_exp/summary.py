@@ -17,6 +17,8 @@ def run_summary(cfg: DictConfig, choices: Optional[dict[str, Any]] = None) -> di
         "data": cfg.data.name,
         "model": choices.get("model"),
         "conditioning": choices.get("conditioning"),
+        "task": choices.get("task"),
+        "prior": choices.get("prior"),
         "experiment": choices.get("experiment"),
         "latent_dim": cfg.model.latent_dim,
         "likelihood": cfg.loss.likelihood,

@@ -43,9 +43,15 @@ def closing_line(metrics: dict[str, Any], run_dir: Path, seconds: float) -> str:
     if metrics["status"] == "failed":
         return f"cvae-train: failed after {seconds:.0f} s: {metrics['reason']} Run dir: {place}"
     test = metrics["test"]
+    if "score" in test:  # the label task, graded by the lab's formula
+        result = f"test score {test['score']:.2f} (ssim {test['ssim']:.4f}, mse {test['mse']:.4f}, fid {test['fid']:.2f})"
+    else:  # an image-conditioned task: its objective and the error of a prediction over the target pixels
+        result = f"test loss {test['loss']:.2f} (mse {test['mse']:.4f} over the target pixels)"
+    if "nll" in test:
+        result += f", -log p {test['nll']:.2f} nats (negative ELBO {test['neg_elbo']:.2f})"
     return (
-        f"cvae-train: {metrics['status']} in {seconds:.0f} s ({metrics['epochs']} epoch{'s' * (metrics['epochs'] != 1)} in all): test score {test['score']:.2f} "
-        f"(ssim {test['ssim']:.4f}, mse {test['mse']:.4f}, fid {test['fid']:.2f}). Run dir: {place}"
+        f"cvae-train: {metrics['status']} in {seconds:.0f} s ({metrics['epochs']} epoch{'s' * (metrics['epochs'] != 1)} in all): "
+        f"{result}. Run dir: {place}"
     )
 
 

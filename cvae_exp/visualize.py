@@ -37,7 +37,7 @@ def _inference(draw):
 
 @_inference
 def class_samples(cvae: CVAE, labels: torch.Tensor, n: int) -> torch.Tensor:
-    """Row i: `n` images of class labels[i] from z ~ N(0, I)."""
+    """Row i: `n` images of class labels[i] from z ~ p(z | label), the model's prior."""
     labels = _checked_labels(cvae, labels)
     _check_at_least("n", n, 1)
     return _grid(cvae.sample(labels, n), columns=n)
@@ -56,7 +56,8 @@ def reconstructions(cvae: CVAE, images: torch.Tensor, labels: torch.Tensor) -> t
 def label_swap(cvae: CVAE, n_styles: int) -> torch.Tensor:
     """Row i: one z ~ N(0, I) decoded under every class 0..num_classes-1. A well-trained
     conditional model keeps the style (slant, thickness) along the row and changes the class;
-    an unconditional one draws the same image in every column."""
+    an unconditional one draws the same image in every column. (Meant for the standard
+    prior: under a conditional prior one z is not a draw for every class.)"""
     _check_at_least("n_styles", n_styles, 1)
     z = torch.randn(n_styles, cvae.latent_dim, device=_device(cvae)).repeat_interleave(cvae.num_classes, dim=0)
     labels = torch.arange(cvae.num_classes, device=z.device).repeat(n_styles)
@@ -83,17 +84,17 @@ def interpolation(
     end_labels = _checked_labels(cvae, end_labels, name="end_labels")
     if len(start_labels) != len(end_labels):
         raise ValueError(f"start_labels has {len(start_labels)} entries and end_labels {len(end_labels)}: pass one end image per start image")
-    start, _ = cvae.encoder(_checked_images(cvae, start_images, start_labels, name="start_images"), start_labels)
-    end, _ = cvae.encoder(_checked_images(cvae, end_images, end_labels, name="end_images"), end_labels)
+    start, _ = cvae.posterior(_checked_images(cvae, start_images, start_labels, name="start_images"), start_labels)
+    end, _ = cvae.posterior(_checked_images(cvae, end_images, end_labels, name="end_images"), end_labels)
     return _interpolate(cvae, start, end, start_labels, steps)
 
 
 @_inference
 def latent_interpolation(cvae: CVAE, labels: torch.Tensor, steps: int) -> torch.Tensor:
-    """Row i: `steps` images of class labels[i] along the line between two z ~ N(0, I):
+    """Row i: `steps` images of class labels[i] along the line between two z ~ p(z | label):
     `interpolation` without data."""
     labels = _checked_labels(cvae, labels)
-    start, end = torch.randn(2, len(labels), cvae.latent_dim, device=labels.device)
+    start, end = cvae.prior.sample(labels), cvae.prior.sample(labels)
     return _interpolate(cvae, start, end, labels, steps)
 
 
@@ -108,6 +109,19 @@ def traversal(cvae: CVAE, labels: torch.Tensor, dim: int, span: float = 3.0, ste
     z = torch.zeros(len(labels) * steps, cvae.latent_dim, device=labels.device)
     z[:, dim] = torch.linspace(-span, span, steps, device=labels.device).repeat(len(labels))
     return _grid(cvae.decode(z, labels.repeat_interleave(steps)), columns=steps)
+
+
+@_inference
+def completions(cvae: CVAE, task, images: torch.Tensor, labels: torch.Tensor, n: int) -> torch.Tensor:
+    """For an image-conditioned task (cvae_exp/tasks.py), row i: the condition of images[i]
+    (unobserved pixels grey), `n` predictions from z ~ p(z | c) with the observed pixels
+    kept, and the image itself."""
+    _check_at_least("n", n, 1)
+    images = images.to(_device(cvae))
+    condition, _ = task(images, labels.to(images.device), torch.Generator().manual_seed(0))
+    predictions = task.complete(condition.repeat_interleave(n, dim=0), cvae.sample(condition, n).float())
+    rows = torch.cat([task.show(condition, cvae.image_shape)[:, None], predictions.view(len(images), n, *cvae.image_shape), images[:, None]], dim=1)
+    return _grid(rows.flatten(0, 1), columns=n + 2)
 
 
 def _interpolate(cvae: CVAE, start: torch.Tensor, end: torch.Tensor, labels: torch.Tensor, steps: int) -> torch.Tensor:

@@ -134,7 +134,7 @@ class PlainLoop:
             images, labels = images.to(self.device), labels.to(self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 output = self.model(images, labels)
-                loss = self.objective(images, output.logits, output.mu, output.logvar, self.objective.beta)["loss"]
+                loss = self.objective(images, output.logits, output.kl, self.objective.beta)["loss"]
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

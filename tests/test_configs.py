@@ -9,7 +9,7 @@ from cvae_exp.config import validate
 from cvae_exp.errors import UserInputError
 from cvae_exp.config import CONFIG_DIR
 
-GROUPS = ["data", "model", "conditioning", "trainer", "callbacks", "logger", "experiment", "table3", "hparams_search", "debug"]
+GROUPS = ["data", "model", "conditioning", "task", "prior", "trainer", "callbacks", "logger", "experiment", "table3", "hparams_search", "debug"]
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted(Path(CONFIG_DIR, group).glob("*.yaml"))]
 
 

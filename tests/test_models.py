@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from cvae_exp.data import ImageSplits, TensorDataModule
 from cvae_exp.metrics import quantize_uint8, ssim_per_image
-from cvae_exp.models.conditioning import Concat, FiLMLayer
+from cvae_exp.models.conditioning import Concat, Conditioning, FiLMLayer
 from cvae_exp.models.conv import ConvDecoder, ConvEncoder
 from cvae_exp.module import CVAEModule
 from cvae_exp.objective import Objective
@@ -58,7 +58,7 @@ def train(cvae, images, labels, steps: int = 1, lr: float = 1e-3) -> torch.Tenso
     objective = Objective()
     for _ in range(steps):
         output = cvae(images, labels)
-        loss = objective(images, output.logits, output.mu, output.logvar, beta=1.0)["loss"]
+        loss = objective(images, output.logits, output.kl, beta=1.0)["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -131,7 +131,7 @@ def test_film_model_starts_as_the_unconditional_network(model):
 
 @pytest.mark.parametrize("hidden_shape", [(5, 6), (5, 6, 3, 4)], ids=["flat", "feature-map"])
 def test_film_layer_is_identity_at_init_then_scales_and_shifts_features(hidden_shape):
-    layer = FiLMLayer(NUM_CLASSES, num_features=6)
+    layer = FiLMLayer(Conditioning(NUM_CLASSES), num_features=6)
     hidden, labels = torch.randn(hidden_shape), torch.tensor([0, 3, 3, 9, 1])
     assert torch.equal(layer(hidden, labels), hidden)
 
@@ -211,7 +211,7 @@ def test_val_ssim_is_the_graders_ssim_over_the_first_images(tmp_path, monkeypatc
     (11 of 16 across two batches of 8; 18 of 20, whose last batch holds 4); val/mse: the whole split."""
     module, data = tiny_module(tmp_path, "concat", val_size=val_size, val_ssim_images=graded)
     evaluate = module._evaluate
-    monkeypatch.setattr(module, "_evaluate", lambda batch, stage: (evaluate(batch, stage), batch[0].sqrt())[1])  # known reconstructions
+    monkeypatch.setattr(module, "_evaluate", lambda images, condition, mask, stage: (evaluate(images, condition, mask, stage), images.sqrt())[1])  # known reconstructions
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     (metrics,) = trainer.validate(module, datamodule=data, verbose=False)
     images = data.splits["val"][0].float() / 255

@@ -15,7 +15,6 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from omegaconf import OmegaConf
 
 from cvae_exp import eval as evaluate
 from cvae_exp import sample, table, train
@@ -257,7 +256,7 @@ class PoisonWeights(Callback):
 
 def test_divergence_stops_with_the_step_and_keeps_the_last_finite_checkpoint(compose_train, tmp_path):
     cfg = compose_train(FAST)
-    module = CVAEModule(**{key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "conditioning", "data", "loss", "optim", "eval")})
+    module = CVAEModule.from_config(cfg)
     checkpoint = ModelCheckpoint(dirpath=tmp_path, monitor="val/loss", save_last=True)
     trainer = L.Trainer(
         max_epochs=5, accelerator="cpu", logger=False, enable_progress_bar=False,

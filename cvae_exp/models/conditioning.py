@@ -1,10 +1,14 @@
-"""How the class label enters a network.
+"""How the condition enters a network.
 
-Each network (encoder, decoder) gets its own `Conditioning` instance and calls it at
-two points: `join` on its input (features or image channels) and one `modulator` per
-hidden layer. A new method is one subclass here plus one YAML file in
+A condition is either a class label (int64, shape (N,)) or an image-like tensor (float,
+(N, C, H, W)): observed quadrants, a masked image, a low-resolution image (cvae_exp/tasks.py
+makes it from a batch). Each network (encoder, decoder, prior) gets its own `Conditioning`
+instance and calls it at two points: `join` on its input (features or image channels) and
+one `modulator` per hidden layer. A new method is one subclass here plus one YAML file in
 configs/conditioning/.
 """
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -12,20 +16,46 @@ from torch import nn
 
 
 class Conditioning(nn.Module):
-    """Base class: the label is ignored (an unconditional VAE)."""
+    """Base class: the condition is ignored (an unconditional VAE). It also says how a
+    condition reads as a flat vector (`as_features`: a one-hot label or the flattened
+    image) and as image channels (`as_maps`: constant label maps or the resized image)."""
 
     is_conditional = False
 
-    def __init__(self, num_classes: int):
+    def __init__(self, num_classes: int, condition_shape: tuple[int, int, int] | None = None):
         super().__init__()
         self.num_classes = num_classes
+        self.condition_shape = None if condition_shape is None else tuple(condition_shape)
 
     @property
-    def extra_inputs(self) -> int:
-        """Features (flat inputs) or channels (image inputs) that `join` adds."""
+    def condition_features(self) -> int:
+        return self.num_classes if self.condition_shape is None else math.prod(self.condition_shape)
+
+    @property
+    def condition_channels(self) -> int:
+        return self.num_classes if self.condition_shape is None else self.condition_shape[0]
+
+    def as_features(self, condition: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        if self.condition_shape is None:
+            return F.one_hot(condition, self.num_classes).to(dtype)
+        return condition.flatten(1).to(dtype)
+
+    def as_maps(self, condition: torch.Tensor, size: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+        if self.condition_shape is None:
+            return self.as_features(condition, dtype)[:, :, None, None].expand(-1, -1, *size)
+        return F.interpolate(condition.to(dtype), size=size, mode="nearest")
+
+    @property
+    def extra_features(self) -> int:
+        """Features that `join` adds to a flat input."""
         return 0
 
-    def join(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    @property
+    def extra_channels(self) -> int:
+        """Channels that `join` adds to an image input."""
+        return 0
+
+    def join(self, inputs: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         return inputs
 
     def modulator(self, num_features: int) -> nn.Module:
@@ -33,46 +63,57 @@ class Conditioning(nn.Module):
 
 
 class Unmodulated(nn.Module):
-    def forward(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         return hidden
 
 
 class Concat(Conditioning):
-    """One-hot label concatenated to the input: as features for flat inputs, as
-    constant label maps (extra channels) for images."""
+    """The condition concatenated to the input: as features for flat inputs (a one-hot
+    label, a flattened image condition), as channels for images (constant label maps,
+    the image condition resized to the input's size)."""
 
     is_conditional = True
 
     @property
-    def extra_inputs(self) -> int:
-        return self.num_classes
+    def extra_features(self) -> int:
+        return self.condition_features
 
-    def join(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        one_hot = F.one_hot(labels, self.num_classes).to(inputs.dtype)
+    @property
+    def extra_channels(self) -> int:
+        return self.condition_channels
+
+    def join(self, inputs: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         if inputs.dim() == 4:
-            one_hot = one_hot[:, :, None, None].expand(-1, -1, *inputs.shape[2:])
-        return torch.cat([inputs, one_hot], dim=1)
+            return torch.cat([inputs, self.as_maps(condition, inputs.shape[2:], inputs.dtype)], dim=1)
+        return torch.cat([inputs, self.as_features(condition, inputs.dtype)], dim=1)
 
 
 class FiLM(Conditioning):
-    """Feature-wise scale and shift of every hidden layer (Perez et al., 2018),
-    from a per-layer label embedding initialised to zero, so training starts
-    at the identity (the unconditional network)."""
+    """Feature-wise scale and shift of every hidden layer (Perez et al., 2018), from a
+    per-layer condition encoder initialised to zero, so training starts at the identity
+    (the unconditional network): a label embedding, or a linear map of an image condition."""
 
     is_conditional = True
 
     def modulator(self, num_features: int) -> nn.Module:
-        return FiLMLayer(self.num_classes, num_features)
+        return FiLMLayer(self, num_features)
 
 
 class FiLMLayer(nn.Module):
-    def __init__(self, num_classes: int, num_features: int):
+    def __init__(self, conditioning: Conditioning, num_features: int):
         super().__init__()
-        self.scale_and_shift = nn.Embedding(num_classes, 2 * num_features)
-        nn.init.zeros_(self.scale_and_shift.weight)
+        self.labels = conditioning.condition_shape is None
+        if self.labels:
+            self.scale_and_shift = nn.Embedding(conditioning.num_classes, 2 * num_features)
+        else:
+            self.scale_and_shift = nn.Sequential(nn.Flatten(), nn.Linear(conditioning.condition_features, 2 * num_features))
+            nn.init.zeros_(self.scale_and_shift[1].bias)
+        nn.init.zeros_(self.scale_and_shift.weight if self.labels else self.scale_and_shift[1].weight)
 
-    def forward(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.scale_and_shift(labels).to(hidden.dtype).chunk(2, dim=1)
+    def forward(self, hidden: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        if not self.labels:
+            condition = condition.to(self.scale_and_shift[1].weight.dtype)
+        scale, shift = self.scale_and_shift(condition).to(hidden.dtype).chunk(2, dim=1)
         if hidden.dim() == 4:
             scale, shift = scale[:, :, None, None], shift[:, :, None, None]
         return hidden * (1 + scale) + shift
@@ -86,7 +127,7 @@ class ConditionedLayers(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.modulators = nn.ModuleList(conditioning.modulator(width) for width in widths)
 
-    def forward(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         for layer, modulate in zip(self.layers, self.modulators):
-            hidden = F.relu(modulate(layer(hidden), labels))
+            hidden = F.relu(modulate(layer(hidden), condition))
         return hidden

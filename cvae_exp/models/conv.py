@@ -39,15 +39,15 @@ class ConvEncoder(nn.Module):
         super().__init__()
         height, width = bottleneck_size(image_shape, len(channels))
         self.conditioning = conditioning
-        widths = [image_shape[0] + conditioning.extra_inputs, *channels]
+        widths = [image_shape[0] + conditioning.extra_channels, *channels]
         layers = [_down(a, b) for a, b in zip(widths[:-1], widths[1:])]
         self.hidden = ConditionedLayers(layers, list(channels), conditioning)
         flat = channels[-1] * height * width
         self.mu = nn.Linear(flat, latent_dim)
         self.logvar = nn.Linear(flat, latent_dim)
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.hidden(self.conditioning.join(x, labels), labels).flatten(1)
+    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.hidden(self.conditioning.join(x, condition), condition).flatten(1)
         return self.mu(hidden), self.logvar(hidden)
 
 
@@ -62,7 +62,7 @@ class ConvDecoder(nn.Module):
         height, width = bottleneck_size(image_shape, len(channels))
         self.conditioning = conditioning
         self.start_shape = (channels[0], height, width)
-        layers = [nn.Linear(latent_dim + conditioning.extra_inputs, channels[0] * height * width)]
+        layers = [nn.Linear(latent_dim + conditioning.extra_features, channels[0] * height * width)]
         layers += [_up(a, b) for a, b in zip(channels[:-1], channels[1:])]
         # The linear layer's output is modulated as a flat vector, the others per channel.
         widths = [channels[0] * height * width, *channels[1:]]
@@ -70,7 +70,7 @@ class ConvDecoder(nn.Module):
         self.hidden = ConditionedLayers(layers[1:], widths[1:], conditioning)
         self.out = _up(channels[-1], image_shape[0])
 
-    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        hidden = self.project(self.conditioning.join(z, labels), labels)
-        hidden = self.hidden(hidden.view(-1, *self.start_shape), labels)
+    def forward(self, z: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        hidden = self.project(self.conditioning.join(z, condition), condition)
+        hidden = self.hidden(hidden.view(-1, *self.start_shape), condition)
         return self.out(hidden)

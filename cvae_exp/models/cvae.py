@@ -1,4 +1,4 @@
-"""The CVAE: encoder q(z|x,c), decoder p(x|z,c), standard normal prior p(z) = N(0, I)."""
+"""The CVAE: encoder q(z|x,c), decoder p(x|z,c) and prior p(z|c) (cvae_exp/models/priors.py)."""
 
 from dataclasses import dataclass
 from typing import Callable
@@ -7,16 +7,19 @@ import torch
 from torch import nn
 
 from cvae_exp.models.conditioning import Conditioning
+from cvae_exp.models.priors import StandardPrior
 
 
 @dataclass
 class CVAEOutput:
-    """What one forward pass returns: decoder logits and the posterior it sampled from."""
+    """What one forward pass returns: decoder logits, the posterior it sampled from and
+    the KL term of the ELBO (from the prior)."""
 
     logits: torch.Tensor  # (N, C, H, W); pixel means are sigmoid(logits)
     mu: torch.Tensor  # (N, latent_dim)
     logvar: torch.Tensor  # (N, latent_dim), log sigma^2
     z: torch.Tensor  # (N, latent_dim), the reparameterised sample
+    kl: torch.Tensor  # (N,), KL(q(z|x,c) || p(z|c)), closed form or one-sample estimate
 
 
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -25,10 +28,12 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 class CVAE(nn.Module):
-    """Wires an architecture (encoder and decoder factories) to a conditioning method.
+    """Wires an architecture (encoder and decoder factories) to a conditioning method and a prior.
 
-    `encoder`, `decoder` and `conditioning` are factories (Hydra `_partial_` configs);
-    encoder and decoder each get their own conditioning instance.
+    `encoder`, `decoder`, `conditioning` and `prior` are factories (Hydra `_partial_`
+    configs); each network gets its own conditioning instance. The condition is a class
+    label (`condition_shape` None) or a tensor of `condition_shape` (cvae_exp/tasks.py).
+    A prior without a latent variable (NoLatent) builds no encoder.
     """
 
     def __init__(
@@ -39,37 +44,52 @@ class CVAE(nn.Module):
         latent_dim: int,
         image_shape: tuple[int, int, int],
         num_classes: int,
+        condition_shape: tuple[int, int, int] | None = None,
+        prior: Callable[..., StandardPrior] = StandardPrior,
     ):
         super().__init__()
         self.latent_dim = latent_dim
         self.image_shape = tuple(image_shape)
         self.num_classes = num_classes
-        self.encoder = encoder(image_shape, latent_dim, conditioning(num_classes))
-        self.decoder = decoder(image_shape, latent_dim, conditioning(num_classes))
+        self.condition_shape = None if condition_shape is None else tuple(condition_shape)
+        spec = dict(num_classes=num_classes, condition_shape=self.condition_shape)
+        self.prior = prior(latent_dim, Conditioning(**spec))
+        self.encoder = encoder(image_shape, latent_dim, conditioning(**spec)) if self.prior.has_latent else None
+        self.decoder = decoder(image_shape, latent_dim, conditioning(**spec))
 
     @property
     def is_conditional(self) -> bool:
-        """Whether labels reach the networks (decides the report's Score form)."""
-        return self.encoder.conditioning.is_conditional
+        """Whether the condition reaches the decoder (decides the report's Score form)."""
+        return self.decoder.conditioning.is_conditional
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> CVAEOutput:
-        mu, logvar = self.encoder(x, labels)
-        z = reparameterize(mu, logvar)
-        return CVAEOutput(self.decoder(z, labels), mu, logvar, z)
+    @property
+    def labels_condition(self) -> bool:
+        return self.condition_shape is None
 
-    def decode(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def posterior(self, x: torch.Tensor, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, logvar) of q(z | x, c); zeros without a latent variable."""
+        if self.encoder is None:
+            zeros = torch.zeros(len(x), self.latent_dim, device=x.device)
+            return zeros, zeros
+        return self.encoder(x, condition)
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> CVAEOutput:
+        mu, logvar = self.posterior(x, condition)
+        z = reparameterize(mu, logvar) if self.encoder is not None else mu
+        return CVAEOutput(self.decoder(z, condition), mu, logvar, z, self.prior.kl(mu, logvar, z, condition))
+
+    def decode(self, z: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         """Pixel means in [0, 1]."""
-        return torch.sigmoid(self.decoder(z, labels))
+        return torch.sigmoid(self.decoder(z, condition))
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, labels: torch.Tensor, use_mean: bool = False) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor, condition: torch.Tensor, use_mean: bool = False) -> torch.Tensor:
         """Pixel means of the decoded posterior sample (or of its mean with `use_mean`)."""
-        mu, logvar = self.encoder(x, labels)
-        return self.decode(mu if use_mean else reparameterize(mu, logvar), labels)
+        mu, logvar = self.posterior(x, condition)
+        return self.decode(mu if use_mean or self.encoder is None else reparameterize(mu, logvar), condition)
 
     @torch.no_grad()
-    def sample(self, labels: torch.Tensor, n: int = 1) -> torch.Tensor:
-        """`n` images per label from z ~ N(0, I): shape (len(labels) * n, C, H, W), label-major."""
-        labels = labels.repeat_interleave(n)
-        z = torch.randn(len(labels), self.latent_dim, device=labels.device)
-        return self.decode(z, labels)
+    def sample(self, condition: torch.Tensor, n: int = 1) -> torch.Tensor:
+        """`n` images per condition from z ~ p(z | c): shape (len(condition) * n, C, H, W), condition-major."""
+        condition = condition.repeat_interleave(n, dim=0)
+        return self.decode(self.prior.sample(condition), condition)

@@ -20,13 +20,13 @@ class MLPEncoder(nn.Module):
     def __init__(self, image_shape, latent_dim: int, conditioning: Conditioning, hidden_dims: list[int]):
         super().__init__()
         self.conditioning = conditioning
-        in_features = math.prod(image_shape) + conditioning.extra_inputs
+        in_features = math.prod(image_shape) + conditioning.extra_features
         self.hidden, width = _hidden_stack(in_features, hidden_dims, conditioning)
         self.mu = nn.Linear(width, latent_dim)
         self.logvar = nn.Linear(width, latent_dim)
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.hidden(self.conditioning.join(x.flatten(1), labels), labels)
+    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.hidden(self.conditioning.join(x.flatten(1), condition), condition)
         return self.mu(hidden), self.logvar(hidden)
 
 
@@ -37,9 +37,9 @@ class MLPDecoder(nn.Module):
         super().__init__()
         self.conditioning = conditioning
         self.image_shape = tuple(image_shape)
-        self.hidden, width = _hidden_stack(latent_dim + conditioning.extra_inputs, hidden_dims, conditioning)
+        self.hidden, width = _hidden_stack(latent_dim + conditioning.extra_features, hidden_dims, conditioning)
         self.out = nn.Linear(width, math.prod(image_shape))
 
-    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        hidden = self.hidden(self.conditioning.join(z, labels), labels)
+    def forward(self, z: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        hidden = self.hidden(self.conditioning.join(z, condition), condition)
         return self.out(hidden).view(-1, *self.image_shape)

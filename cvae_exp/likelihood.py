@@ -1,0 +1,43 @@
+"""Importance-sampled marginal likelihood of a trained CVAE (Burda et al., 2016):
+
+    log p(x | c) ~= logsumexp_k [log p(x | z_k, c) + log p(z_k | c) - log q(z_k | x, c)] - log K,
+
+with z_k ~ q(z | x, c). It is a lower bound that tightens as K grows (K = 1 is the ELBO), so
+-log p(x | c) is reported beside the negative ELBO, both in nats per image over the target
+pixels. A model without a latent variable gets its exact log-likelihood.
+"""
+
+import math
+
+import torch
+
+from cvae_exp.models import CVAE
+from cvae_exp.models.cvae import reparameterize
+from cvae_exp.objective import Objective, gaussian_log_prob
+
+ROWS_PER_CHUNK = 32768  # decoder rows (images x samples) per forward pass: memory, not precision
+
+
+@torch.no_grad()
+def log_weights(cvae: CVAE, objective: Objective, x: torch.Tensor, condition: torch.Tensor, mask: torch.Tensor | None, samples: int) -> torch.Tensor:
+    """log p(x | z_k, c) + log p(z_k | c) - log q(z_k | x, c) for k = 1..samples: shape (samples, N)."""
+    mu, logvar = cvae.posterior(x, condition)
+    if cvae.encoder is None:  # no latent variable: one exact term
+        return objective.log_likelihood(x, cvae.decoder(mu, condition), mask)[None]
+    per_chunk = max(1, ROWS_PER_CHUNK // len(x))
+    weights = []
+    for start in range(0, samples, per_chunk):
+        k = min(per_chunk, samples - start)
+        repeat = lambda tensor: None if tensor is None else tensor.repeat(k, *[1] * (tensor.dim() - 1))
+        z = reparameterize(repeat(mu), repeat(logvar))
+        logits = cvae.decoder(z, repeat(condition))
+        log_w = objective.log_likelihood(repeat(x), logits, repeat(mask)) + cvae.prior.log_prob(z, repeat(condition)) - gaussian_log_prob(z, repeat(mu), repeat(logvar))
+        weights.append(log_w.view(k, len(x)))
+    return torch.cat(weights)
+
+
+def importance_sampled_nll(cvae: CVAE, objective: Objective, x, condition, mask, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(-log p(x | c) estimated with `samples` importance samples, the negative ELBO averaged
+    over the same samples), each of shape (N,), in nats."""
+    log_w = log_weights(cvae, objective, x, condition, mask, samples)
+    return -(torch.logsumexp(log_w, dim=0) - math.log(len(log_w))), -log_w.mean(dim=0)

@@ -1,0 +1,106 @@
+"""Priors p(z | c) of the CVAE, chosen by the config group `prior`.
+
+Each gives the KL term of the ELBO for a batch, its log density (for importance-sampled
+likelihoods, cvae_exp/likelihood.py) and samples; every sample the framework draws
+(test-stage generation, TensorBoard grids, cvae-sample) comes from the model's prior.
+A new prior is one subclass here plus one YAML file in configs/prior/.
+"""
+
+import torch
+from torch import nn
+
+from cvae_exp.models.conditioning import Conditioning
+from cvae_exp.objective import gaussian_kl, gaussian_kl_between, gaussian_log_prob
+
+
+class StandardPrior(nn.Module):
+    """p(z | c) = N(0, I): the condition enters through the decoder only (the lab's CVAE)."""
+
+    has_latent = True
+
+    def __init__(self, latent_dim: int, conditioning: Conditioning):
+        super().__init__()
+        self.latent_dim = latent_dim
+
+    def kl(self, mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        return gaussian_kl(mu, logvar)
+
+    def log_prob(self, z: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        return gaussian_log_prob(z, torch.zeros_like(z), torch.zeros_like(z))
+
+    def sample(self, condition: torch.Tensor) -> torch.Tensor:
+        return torch.randn(len(condition), self.latent_dim, device=condition.device)
+
+
+class ConditionalPrior(StandardPrior):
+    """p(z | c) = N(mu(c), diag sigma^2(c)) from a prior network on the condition (Sohn et
+    al., 2015); the KL between the two Gaussians is in closed form. Its heads start at
+    zero, so training starts from N(0, I)."""
+
+    def __init__(self, latent_dim: int, conditioning: Conditioning, hidden_dims: list[int]):
+        super().__init__(latent_dim, conditioning)
+        self.conditioning = conditioning
+        widths = [conditioning.condition_features, *hidden_dims]
+        layers = [layer for a, b in zip(widths[:-1], widths[1:]) for layer in (nn.Linear(a, b), nn.ReLU())]
+        self.hidden = nn.Sequential(*layers)
+        self.heads = nn.Linear(widths[-1], 2 * latent_dim)
+        nn.init.zeros_(self.heads.weight)
+        nn.init.zeros_(self.heads.bias)
+
+    def parameters_for(self, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, logvar) of p(z | c), one row per condition."""
+        features = self.conditioning.as_features(condition, self.heads.weight.dtype)
+        return self.heads(self.hidden(features)).float().chunk(2, dim=-1)
+
+    def kl(self, mu, logvar, z, condition):
+        return gaussian_kl_between(mu, logvar, *self.parameters_for(condition))
+
+    def log_prob(self, z, condition):
+        return gaussian_log_prob(z, *self.parameters_for(condition))
+
+    def sample(self, condition):
+        mu, logvar = self.parameters_for(condition)
+        return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+
+
+class MixturePrior(StandardPrior):
+    """p(z) = sum_k pi_k N(mu_k, diag sigma_k^2): a learned Gaussian mixture, shared by all
+    conditions (by default one component per class). The KL to a mixture has no closed form:
+    it is the one-sample Monte Carlo estimate log q(z | x, c) - log p(z) at the ELBO's z."""
+
+    def __init__(self, latent_dim: int, conditioning: Conditioning, num_components: int | None = None):
+        super().__init__(latent_dim, conditioning)
+        components = num_components or conditioning.num_classes
+        self.means = nn.Parameter(torch.randn(components, latent_dim))
+        self.logvars = nn.Parameter(torch.zeros(components, latent_dim))
+        self.weight_logits = nn.Parameter(torch.zeros(components))
+
+    def kl(self, mu, logvar, z, condition):
+        return gaussian_log_prob(z, mu, logvar) - self.log_prob(z, condition)
+
+    def log_prob(self, z, condition):
+        per_component = gaussian_log_prob(z.float()[..., None, :], self.means, self.logvars)
+        return torch.logsumexp(per_component + self.weight_logits.log_softmax(0), dim=-1)
+
+    def sample(self, condition):
+        component = torch.multinomial(self.weight_logits.softmax(0), len(condition), replacement=True)
+        noise = torch.randn(len(condition), self.latent_dim, device=condition.device)
+        return self.means[component] + noise * torch.exp(0.5 * self.logvars[component])
+
+
+class NoLatent(StandardPrior):
+    """No latent variable: the decoder sees the condition only, and z is zero. This is the
+    deterministic baseline of the CVAE literature (Sohn et al.'s "NN"); its ELBO is its
+    exact log-likelihood."""
+
+    has_latent = False
+
+    def kl(self, mu, logvar, z, condition):
+        return torch.zeros(len(z), device=z.device)
+
+    def log_prob(self, z, condition):
+        return torch.zeros(z.shape[:-1], device=z.device)
+
+    def sample(self, condition):
+        return torch.zeros(len(condition), self.latent_dim, device=condition.device)
+
