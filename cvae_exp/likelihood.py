@@ -28,11 +28,11 @@ def log_weights(cvae: CVAE, objective: Objective, x: torch.Tensor, condition: to
     weights = []
     for start in range(0, samples, per_chunk):
         k = min(per_chunk, samples - start)
+        z = reparameterize(mu.expand(k, *mu.shape), logvar.expand(k, *logvar.shape))  # (k, N, D)
         repeat = lambda tensor: None if tensor is None else tensor.repeat(k, *[1] * (tensor.dim() - 1))
-        z = reparameterize(repeat(mu), repeat(logvar))
-        logits = cvae.decoder(z, repeat(condition))
-        log_w = objective.log_likelihood(repeat(x), logits, repeat(mask)) + cvae.prior.log_prob(z, repeat(condition)) - gaussian_log_prob(z, repeat(mu), repeat(logvar))
-        weights.append(log_w.view(k, len(x)))
+        logits = cvae.decoder(z.flatten(0, 1), repeat(condition))
+        log_likelihood = objective.log_likelihood(repeat(x), logits, repeat(mask)).view(k, len(x))
+        weights.append(log_likelihood + cvae.prior.log_prob(z, condition) - gaussian_log_prob(z, mu, logvar))
     return torch.cat(weights)
 
 

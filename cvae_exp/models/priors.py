@@ -1,7 +1,8 @@
 """Priors p(z | c) of the CVAE, chosen by the config group `prior`.
 
 Each gives the KL term of the ELBO for a batch, its log density (for importance-sampled
-likelihoods, cvae_exp/likelihood.py) and samples; every sample the framework draws
+likelihoods, cvae_exp/likelihood.py; z may carry leading sample dimensions before the
+batch's N rows) and samples; every sample the framework draws
 (test-stage generation, TensorBoard grids, cvae-sample) comes from the model's prior.
 A new prior is one subclass here plus one YAML file in configs/prior/.
 """
