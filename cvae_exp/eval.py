@@ -61,15 +61,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recon-z", choices=RECON_Z_CHOICES, help="reconstruct from a posterior sample or its mean")
     parser.add_argument("--samples-per-class", type=int, help="generated images per class for the FID")
     parser.add_argument("--save-images", action="store_true", default=None, help="write recon/ and gen/ PNGs")
+    parser.add_argument("--nll-samples", type=int, help="importance samples per test image for test/nll (0: none)")
     parser.add_argument("--data-root", help="where the dataset lives, if not where the run found it")
     parser.add_argument("--seed", type=int, default=42, help="seed of the sampling")
+    parser.add_argument("--out", type=Path, help="the JSON file to write [<run dir>/eval.json]")
     args = parser.parse_args(argv)
     quiet_libraries()
     try:
         if args.samples_per_class is not None and args.samples_per_class < 1:
             raise UserInputError(f"--samples-per-class {args.samples_per_class}: must be an integer >= 1 (generated images per class for the FID).")
+        if args.out is not None and args.out.is_dir():
+            raise UserInputError(f"--out {str(args.out)!r} is a directory; pass the path of the JSON file to write.")
+        if args.nll_samples is not None and args.nll_samples < 0:
+            raise UserInputError(f"--nll-samples {args.nll_samples}: must be an integer >= 0 (importance samples per test image for test/nll; 0: no estimate).")
         checkpoint = find_checkpoint(args.path)
-        module = load_module(checkpoint, recon_z=args.recon_z, samples_per_class=args.samples_per_class, save_images=args.save_images)
+        module = load_module(
+            checkpoint, recon_z=args.recon_z, samples_per_class=args.samples_per_class, save_images=args.save_images, nll_samples=args.nll_samples
+        )
         import lightning as L
         from hydra.utils import instantiate
 
@@ -84,13 +92,29 @@ def main(argv: list[str] | None = None) -> None:
         report_and_exit(error, "cvae-eval")
     result = {
         "checkpoint": os.path.relpath(checkpoint, out),  # relative, as in metrics.json
+        **trained(checkpoint),
         "recon_z": module.hparams.eval["recon_z"],
+        "nll_samples": module.hparams.eval.get("nll_samples", 0),
         "seed": args.seed,
         "test": {key.removeprefix("test/"): float(value) for key, value in metrics.items()},
     }
-    write_json(out / "eval.json", result)
+    target = args.out or out / "eval.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_json(target, result)
     print(json.dumps(result, indent=2))
-    print(f"cvae-eval: written to {out / 'eval.json'}")
+    print(f"cvae-eval: written to {target}")
+
+
+def trained(checkpoint: Path) -> dict:
+    """The epochs and the training time (Lightning's Timer, summed over resumed segments)
+    that the checkpoint holds: where on a training curve its metrics sit."""
+    import torch
+
+    from cvae_exp.config import epochs_done
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    timer = state.get("callbacks", {}).get("Timer", {}).get("time_elapsed", {})
+    return {"epochs": epochs_done(state), "steps": state.get("global_step"), "train_time_s": timer.get("train")}
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ from cvae_exp.summary import run_summary
 
 def build(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> tuple[TensorDataModule, CVAEModule, L.Trainer]:
     """Seed, then instantiate what a run is made of (also used by scripts/benchmark.py).
-    A Timer keeps the training time across resumed segments (it is saved in checkpoints);
+    A Timer keeps the training time across resumed segments (it is saved in checkpoints)
+    and stops the fit after `trainer.max_time` of training if that is set;
     without a logger there is no learning rate to monitor, and without a ModelCheckpoint
     callback no checkpoint is written (Lightning would otherwise add one of its own)."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -30,7 +31,8 @@ def build(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> tuple[Tens
     module = CVAEModule.from_config(cfg)
     loggers = [instantiate(logger) for logger in (cfg.logger or {}).values()]
     callbacks = [instantiate(callback) for callback in (cfg.callbacks or {}).values()]
-    callbacks = [c for c in callbacks if loggers or not isinstance(c, LearningRateMonitor)] + [Timer()] + list(extra_callbacks)
+    timer = Timer(duration=cfg.trainer.get("max_time"))  # Lightning ignores trainer.max_time beside a Timer of ours
+    callbacks = [c for c in callbacks if loggers or not isinstance(c, LearningRateMonitor)] + [timer] + list(extra_callbacks)
     checkpointing = any(isinstance(callback, ModelCheckpoint) for callback in callbacks)
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, enable_checkpointing=checkpointing, enable_model_summary=False

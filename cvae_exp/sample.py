@@ -12,6 +12,10 @@ Keys (defaults in brackets):
   dim, span, steps   for mode=traverse (steps also for interpolate) [0, 3.0, 11]
   seed    seed of the z draws [0]
   out     the image file to write; its directory is created [samples.png]
+
+For a run of an image-conditioned task (task=quadrants, inpaint, superres), mode=grid
+draws completions: one row per test image (the first of each class in `labels`, or the
+first 8 test images), with its condition, n predictions from z ~ p(z|c) and the truth.
 """
 
 import os
@@ -63,7 +67,7 @@ def parse_overrides(overrides: list[str]) -> SampleConfig:
     return config
 
 
-def draw(cvae, config: SampleConfig):
+def draw(module, config: SampleConfig):
     """The grid of `config.mode` (a tensor), seeded; values out of range for this model
     (a label, dim) are the user's to fix, not a bug. torch loads here, once the arguments
     have passed their checks."""
@@ -71,9 +75,12 @@ def draw(cvae, config: SampleConfig):
 
     from cvae_exp import visualize
 
+    cvae = module.cvae
     labels = torch.tensor(range(cvae.num_classes) if config.labels is None else config.labels)
     torch.manual_seed(config.seed)
     try:
+        if not cvae.labels_condition:
+            return completions(module, labels if config.labels is not None else None, config)
         if config.mode == "grid":
             return visualize.class_samples(cvae, labels, config.n)
         if config.mode == "interpolate":
@@ -81,6 +88,27 @@ def draw(cvae, config: SampleConfig):
         return visualize.traversal(cvae, labels, config.dim, config.span, config.steps)
     except ValueError as error:  # an argument out of range for this model
         raise UserInputError(f"{error}.") from None
+
+
+def completions(module, labels, config: SampleConfig):
+    """Completions of test images for an image-conditioned task: the condition comes from data."""
+    from hydra.utils import instantiate
+
+    from cvae_exp import visualize
+
+    if config.mode != "grid":
+        raise UserInputError(f"mode={config.mode} draws from labels; this run's task ({type(module.task).__name__}) conditions on images, so only mode=grid (completions of test images) applies.")
+    data = instantiate(module.hparams.data)
+    data.setup()
+    images, test_labels = data.splits["test"]
+    if labels is None:
+        index = list(range(8))
+    else:
+        missing = sorted(set(labels.tolist()) - set(test_labels.tolist()))
+        if missing:
+            raise ValueError(f"labels={labels.tolist()}: no test image has class {missing[0]}")
+        index = [int((test_labels == label).nonzero()[0]) for label in labels.tolist()]
+    return visualize.completions(module.cvae, module.task, images[index].float() / 255, test_labels[index], config.n)
 
 
 def save_atomically(grid, out: Path) -> None:
@@ -107,8 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         if not argv:
             raise UserInputError("missing the checkpoint: pass a .ckpt file or a run directory first, then key=value arguments (see cvae-sample --help).")
         config = parse_overrides(argv[1:])
-        cvae = load_module(find_checkpoint(Path(argv[0]))).cvae
-        grid = draw(cvae, config)
+        grid = draw(load_module(find_checkpoint(Path(argv[0]))), config)
     except UserInputError as error:
         report_and_exit(error, "cvae-sample")
     save_atomically(grid, Path(config.out))

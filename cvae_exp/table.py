@@ -22,8 +22,8 @@ from cvae_exp.errors import UserInputError, report_and_exit
 from cvae_exp.summary import run_summary
 
 SHOWN = ["epochs", "latent_dim", "lr"]  # always shown; other hyperparameters when they vary
-METRICS = ("ssim", "mse", "fid", "score", "score_uncapped")
-DIGITS = {"ssim": 4, "mse": 4, "fid": 4, "score": 2, "score_uncapped": 2, "report_score": 2, "diff": 2, "train_min": 1, "beta": 4}
+METRICS = ("ssim", "mse", "fid", "score", "score_uncapped", "nll", "neg_elbo")  # columns where any run has them
+DIGITS = {"ssim": 4, "mse": 4, "fid": 4, "score": 2, "score_uncapped": 2, "nll": 2, "neg_elbo": 2, "report_score": 2, "diff": 2, "train_min": 1, "beta": 4}
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -71,12 +71,22 @@ def _configured(job: Path) -> dict[str, Any]:
         return {}
 
 
+def metrics_in(rows: list[dict[str, Any]]) -> list[str]:
+    """The metrics some run has: the lab's grader for the label task, test/nll and
+    test/neg_elbo where eval.nll_samples was set (all grader columns when no run finished)."""
+    return [m for m in METRICS if any(row.get(m) is not None for row in rows)] or list(METRICS[:5])
+
+
+def varied_in(rows: list[dict[str, Any]]) -> list[str]:
+    """The hyperparameters that differ between runs, besides those always shown."""
+    hyper = list(dict.fromkeys(key for row in rows for key in row if key not in ("run", "status", "report_score", "diff", "train_min", *METRICS)))
+    return [key for key in hyper if key not in SHOWN and len({str(row.get(key)) for row in rows}) > 1]
+
+
 def columns_for(rows: list[dict[str, Any]]) -> list[str]:
     """run, the shown and varied hyperparameters, the published score if any, metrics, status."""
-    hyper = list(dict.fromkeys(key for row in rows for key in row if key not in ("run", "status", "report_score", "diff", "train_min", *METRICS)))
-    varied = [key for key in hyper if key not in SHOWN and len({str(row.get(key)) for row in rows}) > 1]
     published = ["report_score"] if any(row.get("report_score") is not None for row in rows) else []
-    return ["run", *SHOWN, *varied, *published, *METRICS, *(["diff"] if published else []), "train_min", "status"]
+    return ["run", *SHOWN, *varied_in(rows), *published, *metrics_in(rows), *(["diff"] if published else []), "train_min", "status"]
 
 
 def group_by_seed(rows: list[dict[str, Any]], varied: list[str]) -> list[dict[str, Any]]:
@@ -122,8 +132,8 @@ def write_csv(rows: list[dict[str, Any]], columns: list[str], path: Path) -> Non
 
 
 def plot(rows: list[dict[str, Any]], labels: list[str], path: Path) -> None:
-    """The Score per run, labelled by the hyperparameters in `labels`; the published
-    Score beside it only where the runs have one."""
+    """The Score per run (test/nll for runs without one), labelled by the hyperparameters
+    in `labels`; the published Score beside it only where the runs have one."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -136,9 +146,10 @@ def plot(rows: list[dict[str, Any]], labels: list[str], path: Path) -> None:
     width = 0.4 if published else 0.8
     if published:
         axes.bar([p - width / 2 for p in positions], [r.get("report_score") or 0 for r in rows], width, label="report")
-    axes.bar([p + width / 2 * published for p in positions], [r.get("score") or 0 for r in rows], width, label="ours")
+    metric = "score" if any(r.get("score") is not None for r in rows) or not any(r.get("nll") is not None for r in rows) else "nll"
+    axes.bar([p + width / 2 * published for p in positions], [r.get(metric) or 0 for r in rows], width, label="ours")
     axes.set_xticks(list(positions), names, rotation=45, ha="right")
-    axes.set_ylabel("Score (capped)")
+    axes.set_ylabel("Score (capped)" if metric == "score" else "-log p(target | condition), nats")
     if published:
         axes.legend()
     figure.tight_layout()
@@ -160,8 +171,7 @@ def main(argv: list[str] | None = None) -> None:
             raise UserInputError(f"--out {str(out)!r} is a file; pass a directory for table.md, table.csv and table.png.")
     except UserInputError as error:
         report_and_exit(error, "cvae-table")
-    columns = columns_for(rows)
-    varied = [c for c in columns[1 : columns.index("ssim")] if c != "report_score"]
+    columns, varied = columns_for(rows), SHOWN + varied_in(rows)
     out.mkdir(parents=True, exist_ok=True)
     write_markdown(rows, columns, out / "table.md")
     write_csv(rows, columns, out / "table.csv")
@@ -169,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     print((out / "table.md").read_text(), end="")
     seeds = group_by_seed(rows, varied)
     if any(group["runs"] > 1 for group in seeds):
-        seed_columns = ["runs", "seeds", *[c for c in varied if c != "seed"]] + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
+        seed_columns = ["runs", "seeds", *[c for c in varied if c != "seed"]] + [f"{m}_{s}" for m in metrics_in(rows) for s in ("mean", "std")]
         write_markdown(seeds, seed_columns, out / "table_seeds.md")
         write_csv(seeds, seed_columns, out / "table_seeds.csv")
         print("\nOver seeds (mean, std):\n" + (out / "table_seeds.md").read_text(), end="")

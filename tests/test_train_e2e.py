@@ -114,3 +114,34 @@ def test_the_final_evaluation_keeps_bf16_autocast_on_a_cpu():
     trainer = L.Trainer(accelerator="cpu", precision="bf16-mixed", logger=False, enable_progress_bar=False)
     evaluator = single_device_trainer(trainer, loggers=[])
     assert isinstance(evaluator.precision_plugin, MixedPrecision) and evaluator.precision_plugin.device == "cpu"
+
+
+def test_every_task_and_prior_trains_tests_and_tabulates(tmp_path):
+    """A sweep over the tasks and priors through the real CLI: image-conditioned tasks
+    report test/nll, test/neg_elbo and test/mse over their target pixels (no lab Score),
+    the NN baseline's likelihood is exact (nll == neg_elbo), and cvae-table shows them."""
+    result = run_cli(
+        "-m", *FAST, "debug=fast", "eval.nll_samples=8", "loss.likelihood=bernoulli",
+        "task=quadrants,inpaint", "prior=none,conditional", cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "multiruns").iterdir()
+    runs = [json.loads(path.read_text()) for path in sorted(sweep.glob("*/metrics.json"))]
+    assert len(runs) == 4
+    for run in runs:
+        assert {"nll", "neg_elbo", "mse", "loss"} <= set(run["test"]) and "score" not in run["test"]
+        assert run["test"]["nll"] <= run["test"]["neg_elbo"] + 1e-3
+        if run["hparams"]["prior"] == "none":
+            assert run["test"]["nll"] == pytest.approx(run["test"]["neg_elbo"])
+    assert "-log p" in result.stdout
+    table = run_cli(str(sweep), cwd=tmp_path, tool="table")
+    assert table.returncode == 0, table.stderr[-3000:]
+    header = (sweep / "table.md").read_text().splitlines()[0]
+    assert "| task | prior |" in header and "| nll | neg_elbo |" in header and "score" not in header
+    quadrants = next(path.parent for path in sweep.glob("*/metrics.json") if json.loads(path.read_text())["hparams"]["prior"] == "conditional")
+    evaluated = run_cli(str(quadrants), "--nll-samples", "4", cwd=tmp_path, tool="eval")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert {"nll", "neg_elbo", "mse"} <= set(json.loads((quadrants / "eval.json").read_text())["test"])
+    sampled = run_cli(str(quadrants), "labels=[0,3]", "n=4", "out=completions.png", cwd=tmp_path, tool="sample")
+    assert sampled.returncode == 0, sampled.stderr[-3000:]
+    assert (tmp_path / "completions.png").is_file()
