@@ -12,6 +12,7 @@ before those imports (seconds on a small CPU).
 
 import inspect
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -174,6 +175,11 @@ def _check_trainer(trainer: DictConfig, devices_here: bool) -> None:
     _require(precision in PRECISIONS, "trainer.precision", precision, f"allowed: {' | '.join(PRECISIONS)}")
     max_epochs = trainer.get("max_epochs")
     _require(isinstance(max_epochs, int) and max_epochs >= 1, "trainer.max_epochs", max_epochs, "must be an integer >= 1")
+    max_time = trainer.get("max_time")
+    _require(
+        max_time is None or (isinstance(max_time, str) and re.fullmatch(r"\d+:\d{2}:\d{2}:\d{2}", max_time) is not None),
+        "trainer.max_time", max_time, "must be null or a duration DD:HH:MM:SS (e.g. 00:01:00:00 for one hour of training)",
+    )
     accelerator = str(trainer.get("accelerator", "auto"))
     _require(accelerator in ACCELERATORS, "trainer.accelerator", accelerator, f"allowed: {' | '.join(ACCELERATORS)}")
 

@@ -148,7 +148,8 @@ class CVAEModule(L.LightningModule):
             self.test_mse.update(*_targets(self.cvae.sample(condition).float(), images, mask))
             self.log("test/mse", self.test_mse)
         if self.hparams.eval.get("nll_samples", 0):
-            nll, neg_elbo = importance_sampled_nll(self.cvae, self.objective, images, condition, mask, self.hparams.eval["nll_samples"])
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):  # the Score's draws stay as without it
+                nll, neg_elbo = importance_sampled_nll(self.cvae, self.objective, images, condition, mask, self.hparams.eval["nll_samples"])
             self.test_nll.update(nll)
             self.test_neg_elbo.update(neg_elbo)
             self.log_dict({"test/nll": self.test_nll, "test/neg_elbo": self.test_neg_elbo})

@@ -12,6 +12,7 @@ Keys (defaults in brackets):
   dim, span, steps   for mode=traverse (steps also for interpolate) [0, 3.0, 11]
   seed    seed of the z draws [0]
   out     the image file to write; its directory is created [samples.png]
+  data_root  where the test images are, for image-conditioned runs [where the run found them]
 
 For a run of an image-conditioned task (task=quadrants, inpaint, superres), mode=grid
 draws completions: one row per test image (the first of each class in `labels`, or the
@@ -32,7 +33,7 @@ from cvae_exp.errors import UserInputError, report_and_exit
 from cvae_exp.eval import find_checkpoint, load_module, quiet_libraries
 
 MODES = ("grid", "interpolate", "traverse")
-KEYS = "labels (class numbers, e.g. [0,3]), n (int), out (image path), mode (grid|interpolate|traverse), dim (int), span (float), steps (int), seed (int)"
+KEYS = "labels (class numbers, e.g. [0,3]), n (int), out (image path), mode (grid|interpolate|traverse), dim (int), span (float), steps (int), seed (int), data_root (path)"
 
 
 @dataclass
@@ -45,6 +46,7 @@ class SampleConfig:
     span: float = 3.0
     steps: int = 11
     seed: int = 0
+    data_root: str | None = None  # where the dataset lives (image-conditioned runs), if not where the run found it
 
 
 def parse_overrides(overrides: list[str]) -> SampleConfig:
@@ -98,7 +100,7 @@ def completions(module, labels, config: SampleConfig):
 
     if config.mode != "grid":
         raise UserInputError(f"mode={config.mode} draws from labels; this run's task ({type(module.task).__name__}) conditions on images, so only mode=grid (completions of test images) applies.")
-    data = instantiate(module.hparams.data)
+    data = instantiate(dict(module.hparams.data, **({"root": config.data_root} if config.data_root else {})))
     data.setup()
     images, test_labels = data.splits["test"]
     if labels is None:

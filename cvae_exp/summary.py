@@ -18,7 +18,9 @@ def run_summary(cfg: DictConfig, choices: Optional[dict[str, Any]] = None) -> di
         "model": choices.get("model"),
         "conditioning": choices.get("conditioning"),
         "task": choices.get("task"),
+        **_parameters("task", cfg.get("task")),
         "prior": choices.get("prior"),
+        **_parameters("prior", cfg.get("prior")),
         "experiment": choices.get("experiment"),
         "latent_dim": cfg.model.latent_dim,
         "likelihood": cfg.loss.likelihood,
@@ -29,3 +31,12 @@ def run_summary(cfg: DictConfig, choices: Optional[dict[str, Any]] = None) -> di
         "seed": cfg.seed,
         "precision": str(cfg.trainer.precision),
     }
+
+
+def _parameters(group: str, node: Any) -> dict[str, Any]:
+    """A task's or prior's own values (task.observed, prior.hidden_dims, ...), as scalars or
+    text so that TensorBoard's HParams tab takes them."""
+    if not node:
+        return {}
+    values = {key: value for key, value in node.items() if not str(key).startswith("_")}
+    return {f"{group}.{key}": value if isinstance(value, (int, float, str, bool)) or value is None else str(list(value)) for key, value in values.items()}

@@ -51,7 +51,7 @@ def _row(job: Path) -> dict[str, Any]:
         return {"run": job.name, **_configured(job), "status": "missing (no metrics.json: still running, or killed)"}
     test, reference = metrics.get("test", {}), metrics.get("reference") or {}
     row = {
-        "run": job.name, **metrics["hparams"],
+        "run": job.name, **{key: value for key, value in _configured(job).items() if key != "report_score"}, **metrics["hparams"],
         "report_score": reference.get("score"), **{key: test.get(key) for key in METRICS},
         "train_min": metrics["train_time_s"] / 60 if "train_time_s" in metrics else None,
         "status": metrics["status"] if "reason" not in metrics else f"{metrics['status']}: {metrics['reason']}",

@@ -87,9 +87,10 @@ class InpaintTask(QuadrantTask):
 
     def __call__(self, images, labels, generator=None):
         count, _, height, width = images.shape
-        draw = lambda high: torch.randint(0, high, (count,), generator=generator).to(images.device)
-        sides = self.min_size + draw(self.max_size - self.min_size + 1)
-        tops, lefts = (draw(height - self.max_size + 1), draw(width - self.max_size + 1))
+        sides = torch.randint(self.min_size, self.max_size + 1, (count,), generator=generator)
+        corner = lambda side: (torch.rand(count, generator=generator) * (side - sides + 1)).long()  # anywhere the hole fits
+        tops, lefts = corner(height).to(images.device), corner(width).to(images.device)
+        sides = sides.to(images.device)
         rows, columns = torch.arange(height, device=images.device), torch.arange(width, device=images.device)
         inside_rows = (rows[None] >= tops[:, None]) & (rows[None] < (tops + sides)[:, None])
         inside_columns = (columns[None] >= lefts[:, None]) & (columns[None] < (lefts + sides)[:, None])

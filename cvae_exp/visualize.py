@@ -94,7 +94,7 @@ def latent_interpolation(cvae: CVAE, labels: torch.Tensor, steps: int) -> torch.
     """Row i: `steps` images of class labels[i] along the line between two z ~ p(z | label):
     `interpolation` without data."""
     labels = _checked_labels(cvae, labels)
-    start, end = cvae.prior.sample(labels), cvae.prior.sample(labels)
+    start, end = cvae.prior.sample(labels.repeat(2)).view(2, len(labels), -1)
     return _interpolate(cvae, start, end, labels, steps)
 
 

@@ -63,12 +63,18 @@ def test_batches_scale_pixels_to_unit_interval():
     assert torch.allclose(x.flatten(), torch.tensor([0.0, 0.2, 1.0]))
 
 
-def test_dynamic_binarisation_draws_zeros_and_ones_for_training_only():
+def test_dynamic_binarisation_draws_each_training_epoch_anew_and_held_out_images_once():
+    """Training batches are new Bernoulli draws every epoch; validation and test images are
+    binarised once (the same in every epoch and every run), so their likelihoods are of binary data."""
     module = digits_module(binarize="dynamic")
-    x, _ = next(iter(module.train_dataloader()))
-    assert set(x.unique().tolist()) <= {0.0, 1.0}
-    val, _ = next(iter(module.val_dataloader()))
-    assert len(val.unique()) > 2
+    first, _ = next(iter(module.train_dataloader()))
+    second, _ = next(iter(module.train_dataloader()))
+    assert set(first.unique().tolist()) <= {0.0, 1.0} and not torch.equal(first, second)
+    for split in ("val", "test"):
+        held_out, _ = next(iter(getattr(module, f"{split}_dataloader")()))
+        again, _ = next(iter(getattr(digits_module(binarize="dynamic"), f"{split}_dataloader")()))
+        assert set(held_out.unique().tolist()) <= {0.0, 1.0} and torch.equal(held_out, again)
+    assert not torch.equal(module.splits["train"][0], digits_module(binarize="static").splits["train"][0])
 
 
 def test_static_binarisation_is_fixed():

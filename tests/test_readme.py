@@ -48,8 +48,10 @@ SKIPPED = {
 }
 
 # A command that mentions any of these needs the real MNIST files (README copies them
-# from ../shared/data/MNIST/raw/; scripts/reproduce_report.sh runs experiment=report_genmodel).
-NEEDS_MNIST = ("MNIST", "data=mnist", "experiment=report_", "reproduce_report.sh", "/path/to/datasets")
+# from ../shared/data/MNIST/raw/; the scripts/reproduce_*.sh run MNIST experiments).
+NEEDS_MNIST = (
+    "MNIST", "data=mnist", "experiment=report_", "experiment=sohn_", "experiment=binarized_", "scripts/reproduce_", "/path/to/datasets",
+)
 
 # Placeholders of README's commands -> what they stand for here (resolved when the
 # command runs, from what the commands before it wrote). Longest first when substituting.
@@ -68,9 +70,9 @@ PLACEHOLDER_MEANING = {
     "data_root": "<tmp>/main/data, where README's `mkdir -p data/MNIST/raw && cp ...` put MNIST",
 }
 
-# Appended to the cvae-train part of a command (and to scripts/reproduce_report.sh, which
-# passes its arguments on to cvae-train); later overrides win in Hydra.
-TRAIN_SHORT = ["trainer.max_epochs=1", "eval.samples_per_class=20"]
+# Appended to the cvae-train part of a command (and to scripts/reproduce_*.sh, which
+# pass their arguments on to cvae-train); later overrides win in Hydra.
+TRAIN_SHORT = ["trainer.max_epochs=1", "eval.samples_per_class=20", "eval.nll_samples=5"]
 TRAIN_NOT_MNIST = ["data=digits"]
 # `++`: add the key, or set it where a config (debug=fast, say) has it already.
 TRAIN_MNIST_SHORT = ["++trainer.limit_train_batches=5", "++trainer.limit_val_batches=2"]
@@ -178,7 +180,7 @@ def needs_mnist(command: str) -> bool:
 def extra_arguments(words: list[str], mnist: bool) -> list[str]:
     """What to append to one simple command; [] leaves it as written."""
     program = words[0] if words else ""
-    if program == "cvae-train" or program.endswith("reproduce_report.sh"):
+    if program == "cvae-train" or re.search(r"scripts/reproduce_\w+\.sh$", program):
         if any(word == "--cfg" or word.startswith("--cfg=") for word in words):
             return []  # prints the config, trains nothing
         if any(word.startswith("resume=") for word in words):

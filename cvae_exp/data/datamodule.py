@@ -14,7 +14,8 @@ from cvae_exp.errors import UserInputError
 class TensorDataModule(L.LightningDataModule):
     """Splits the official train set into train/val with `split_seed` and keeps the
     official test set as test. `binarize`: `dynamic` draws x ~ Bernoulli(pixel) for every
-    training batch, `static` draws once with `split_seed`; both suit `loss.likelihood=bernoulli`."""
+    training batch and once (with `split_seed`) for validation and test, `static` once for
+    every split; both suit `loss.likelihood=bernoulli`."""
 
     def __init__(
         self,
@@ -49,8 +50,10 @@ class TensorDataModule(L.LightningDataModule):
             "val": (data.train_images[val], data.train_labels[val]),
             "test": (data.test_images, data.test_labels),
         }
-        if self.binarize == "static":
-            splits = {name: (_bernoulli_uint8(images, generator), labels) for name, (images, labels) in splits.items()}
+        # static: every split binarised once; dynamic: training batches drawn anew (TensorBatches),
+        # validation and test binarised once, so that their likelihoods are of binary data.
+        held_out = {"static": splits.keys(), "dynamic": ("val", "test")}.get(self.binarize, ())
+        splits = {name: (_bernoulli_uint8(images, generator) if name in held_out else images, labels) for name, (images, labels) in splits.items()}
         self.splits = splits
 
     def _check(self, data: ImageSplits) -> None:

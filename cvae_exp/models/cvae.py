@@ -92,4 +92,5 @@ class CVAE(nn.Module):
     def sample(self, condition: torch.Tensor, n: int = 1) -> torch.Tensor:
         """`n` images per condition from z ~ p(z | c): shape (len(condition) * n, C, H, W), condition-major."""
         condition = condition.repeat_interleave(n, dim=0)
-        return self.decode(self.prior.sample(condition), condition)
+        z = self.prior.sample(condition).to(next(self.decoder.parameters()).dtype)  # float64 / bf16-true runs
+        return self.decode(z, condition)

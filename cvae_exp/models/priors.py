@@ -71,7 +71,9 @@ class MixturePrior(StandardPrior):
 
     def __init__(self, latent_dim: int, conditioning: Conditioning, num_components: int | None = None):
         super().__init__(latent_dim, conditioning)
-        components = num_components or conditioning.num_classes
+        components = conditioning.num_classes if num_components is None else num_components
+        if components < 1:
+            raise ValueError(f"prior.num_components={num_components!r} must be an integer >= 1 (null: one per class)")
         self.means = nn.Parameter(torch.randn(components, latent_dim))
         self.logvars = nn.Parameter(torch.zeros(components, latent_dim))
         self.weight_logits = nn.Parameter(torch.zeros(components))
