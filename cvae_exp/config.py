@@ -32,6 +32,8 @@ LIKELIHOODS = ("gaussian", "bernoulli")
 LOSS_TERMS = ("loss", "recon", "kl")  # the objective's terms, logged under train/, val/, test/
 BINARIZE_CHOICES = ("none", "dynamic", "static")
 RECON_Z_CHOICES = ("sample", "mean")
+SAMPLERS = ("prior", "gmm", "flow")  # cvae_exp/samplers.py
+GMM_COVARIANCES = ("full", "diag")
 VAL_METRICS = ("val/loss", "val/recon", "val/kl", "val/mse", "val/ssim")
 MONITORABLE = VAL_METRICS + tuple(f"train/{term}" for term in LOSS_TERMS)
 # The directory cvae-train runs from; unlike ${hydra:runtime.cwd} it resolves before a
@@ -86,6 +88,13 @@ class EvalConfig:
     samples_per_class: int = 1000
     save_images: bool = False
     nll_samples: int = 0
+    sampler: str = "prior"  # where generated images draw z from (cvae_exp/samplers.py)
+    classifier_metrics: bool = True  # test/sample_accuracy and test/classifier_fid (cvae_exp/classifier.py)
+    classifier_dir: str = "~/.cache/cvae_exp/classifiers"  # where the dataset classifiers are cached
+    gmm_components: int = 10  # eval.sampler=gmm: Gaussians per class
+    gmm_covariance: str = "full"
+    flow_layers: int = 6  # eval.sampler=flow: coupling layers
+    flow_steps: int = 3000  # and its training minibatches
 
 
 @dataclass
@@ -105,6 +114,7 @@ class TrainConfig:
     paths: PathsConfig
     task: Optional[dict[str, Any]] = None  # None: the label task (configs/task/label.yaml)
     prior: Optional[dict[str, Any]] = None  # None: N(0, I) (configs/prior/standard.yaml)
+    scheduler: Optional[dict[str, Any]] = None  # None: a constant learning rate (configs/scheduler/)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -116,6 +126,15 @@ class TrainConfig:
     resume: Optional[str] = None
     optimized_metric: str = "val/loss"
     reference: Optional[dict[str, Any]] = None  # published numbers this run reproduces
+
+
+def check_sampler(settings) -> None:
+    """eval.sampler and its settings (also cvae-eval's and cvae-sample's arguments)."""
+    _require(settings.sampler in SAMPLERS, "eval.sampler", settings.sampler, f"allowed: {' | '.join(SAMPLERS)} (cvae_exp/samplers.py)")
+    _require(settings.gmm_components >= 1, "eval.gmm_components", settings.gmm_components, "must be an integer >= 1 (Gaussians per class)")
+    _require(settings.gmm_covariance in GMM_COVARIANCES, "eval.gmm_covariance", settings.gmm_covariance, f"allowed: {' | '.join(GMM_COVARIANCES)}")
+    _require(settings.flow_layers >= 1, "eval.flow_layers", settings.flow_layers, "must be an integer >= 1")
+    _require(settings.flow_steps >= 1, "eval.flow_steps", settings.flow_steps, "must be an integer >= 1")
 
 
 def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -155,12 +174,16 @@ def validate(cfg: DictConfig, devices_here: bool = True) -> DictConfig:
     _require(optim.lr > 0, "optim.lr", optim.lr, "must be a number > 0")
     _require(optim.weight_decay >= 0, "optim.weight_decay", optim.weight_decay, "must be a number >= 0")
     _require(typed.eval.recon_z in RECON_Z_CHOICES, "eval.recon_z", typed.eval.recon_z, f"allowed: {' | '.join(RECON_Z_CHOICES)}")
+    check_sampler(typed.eval)
     _require(typed.eval.val_ssim_images >= 1, "eval.val_ssim_images", typed.eval.val_ssim_images, "must be an integer >= 1 (validation images graded by SSIM each epoch)")
     _require(typed.eval.samples_per_class >= 1, "eval.samples_per_class", typed.eval.samples_per_class, "must be an integer >= 1")
     _require(typed.eval.nll_samples >= 0, "eval.nll_samples", typed.eval.nll_samples, "must be an integer >= 0 (importance samples per test image for test/nll; 0: no likelihood estimate)")
     _require(typed.optimized_metric in VAL_METRICS, "optimized_metric", typed.optimized_metric, f"allowed: {' | '.join(VAL_METRICS)}")
     _check_trainer(trainer, devices_here)
     model = _build_model(typed)
+    from cvae_exp.samplers import require_applicable
+
+    require_applicable(model, typed.eval.sampler)
     if not model.labels_condition:
         for key, metric in [("optimized_metric", typed.optimized_metric)] + [(f"callbacks.{name}.monitor", c.get("monitor")) for name, c in (typed.callbacks or {}).items() if isinstance(c, DictConfig)]:
             _require(metric != "val/ssim", key, metric, "val/ssim is the label task's metric; an image-conditioned task logs val/loss, val/recon, val/kl and val/mse (over its target pixels)")

@@ -13,7 +13,7 @@ import os
 import warnings
 from pathlib import Path
 
-from cvae_exp.config import RECON_Z_CHOICES
+from cvae_exp.config import RECON_Z_CHOICES, SAMPLERS
 from cvae_exp.errors import UserInputError, report_and_exit
 from cvae_exp.train import write_json
 
@@ -41,6 +41,7 @@ def quiet_libraries() -> None:
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`")  # training callbacks do not matter to a test
 
 
 def load_module(checkpoint: Path, **eval_overrides):
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples-per-class", type=int, help="generated images per class for the FID")
     parser.add_argument("--save-images", action="store_true", default=None, help="write recon/ and gen/ PNGs")
     parser.add_argument("--nll-samples", type=int, help="importance samples per test image for test/nll (0: none)")
+    parser.add_argument("--sampler", choices=SAMPLERS, help="where generated images draw z from (prior: the run's p(z|c); gmm, flow: fitted per class, saved in <run dir>/samplers/) [the run's eval.sampler]")
     parser.add_argument("--data-root", help="where the dataset lives, if not where the run found it")
     parser.add_argument("--seed", type=int, default=42, help="seed of the sampling")
     parser.add_argument("--out", type=Path, help="the JSON file to write [<run dir>/eval.json]")
@@ -76,10 +78,15 @@ def main(argv: list[str] | None = None) -> None:
             raise UserInputError(f"--nll-samples {args.nll_samples}: must be an integer >= 0 (importance samples per test image for test/nll; 0: no estimate).")
         checkpoint = find_checkpoint(args.path)
         module = load_module(
-            checkpoint, recon_z=args.recon_z, samples_per_class=args.samples_per_class, save_images=args.save_images, nll_samples=args.nll_samples
+            checkpoint, recon_z=args.recon_z, samples_per_class=args.samples_per_class, save_images=args.save_images, nll_samples=args.nll_samples,
+            sampler=args.sampler,
         )
         import lightning as L
         from hydra.utils import instantiate
+
+        from cvae_exp.samplers import require_applicable
+
+        require_applicable(module.cvae, module.hparams.eval.get("sampler", "prior"))
 
         data = dict(module.hparams.data, **({"root": args.data_root} if args.data_root else {}))
         out = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
@@ -87,13 +94,15 @@ def main(argv: list[str] | None = None) -> None:
         trainer = L.Trainer(
             accelerator="auto", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, default_root_dir=out
         )
-        (metrics,) = trainer.test(module, datamodule=instantiate(data), verbose=False)
+        (metrics,) = trainer.test(module, datamodule=instantiate(data), ckpt_path=checkpoint, verbose=False)  # the path tells a fitted sampler where it belongs
     except UserInputError as error:
         report_and_exit(error, "cvae-eval")
     result = {
         "checkpoint": os.path.relpath(checkpoint, out),  # relative, as in metrics.json
         **trained(checkpoint),
         "recon_z": module.hparams.eval["recon_z"],
+        "sampler": module.hparams.eval.get("sampler", "prior"),
+        "classifier": module.classifier_record,
         "nll_samples": module.hparams.eval.get("nll_samples", 0),
         "seed": args.seed,
         "test": {key.removeprefix("test/"): float(value) for key, value in metrics.items()},

@@ -15,10 +15,11 @@ from cvae_exp.models import CVAE
 
 
 @torch.no_grad()
-def generate_per_class(cvae: CVAE, samples_per_class: int, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """`samples_per_class` uint8 images of every label from z ~ N(0, I), label-major."""
+def generate_per_class(cvae: CVAE, samples_per_class: int, batch_size: int, device, sampler=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`samples_per_class` uint8 images of every label from z ~ p(z | label) (N(0, I) for the
+    lab's CVAE) or from a fitted latent sampler (cvae_exp/samplers.py), label-major."""
     labels = torch.arange(cvae.num_classes, device=device).repeat_interleave(samples_per_class)
-    images = [quantize_uint8(cvae.sample(chunk).float()) for chunk in labels.split(batch_size)]
+    images = [quantize_uint8(cvae.sample(chunk, sampler=sampler).float()) for chunk in labels.split(batch_size)]
     return torch.cat(images), labels
 
 

@@ -12,12 +12,14 @@ import torch
 from hydra.utils import instantiate
 from torchmetrics import MeanMetric, MeanSquaredError
 
+from cvae_exp.classifier import classifier_metrics, load_or_train
 from cvae_exp.errors import TrainingDiverged
 from cvae_exp.evaluation import generate_per_class, grade, save_grader_images
 from cvae_exp.likelihood import importance_sampled_nll
 from cvae_exp.metrics import quantize_uint8, ssim_per_image
 from cvae_exp.models import CVAE, build_cvae
 from cvae_exp.objective import Objective
+from cvae_exp.samplers import fitted_sampler
 from cvae_exp.tasks import LabelTask
 
 
@@ -36,6 +38,7 @@ class CVAEModule(L.LightningModule):
         eval: dict[str, Any],
         task: dict[str, Any] | None = None,
         prior: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -45,13 +48,15 @@ class CVAEModule(L.LightningModule):
         self.val_mse, self.val_ssim = MeanSquaredError(), MeanMetric()
         self.test_mse, self.test_nll, self.test_neg_elbo = MeanSquaredError(), MeanMetric(), MeanMetric()
         self.test_records: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.sampler: torch.nn.Module | None = None  # eval.sampler, fitted when the test starts; None: the prior
+        self.classifier_record: dict | None = None  # where the metrics' classifier is and its test accuracy
 
     @classmethod
     def from_config(cls, cfg) -> "CVAEModule":
         """The module a composed training config describes."""
         from omegaconf import OmegaConf
 
-        keys = ("model", "conditioning", "data", "loss", "optim", "eval", "task", "prior")
+        keys = ("model", "conditioning", "data", "loss", "optim", "eval", "task", "prior", "scheduler")
         return cls(**{key: OmegaConf.to_container(cfg[key], resolve=True) for key in keys if cfg.get(key) is not None})
 
     @property
@@ -129,6 +134,11 @@ class CVAEModule(L.LightningModule):
             self.val_ssim.update(ssim_per_image(quantize_uint8(images[:graded]), quantize_uint8(reconstructions[:graded])))
         self.log("val/ssim", self.val_ssim)
 
+    def on_test_start(self):
+        """Fit (or reload) eval.sampler to the weights under test: Lightning has loaded them by now."""
+        checkpoint = self.trainer.ckpt_path
+        self.sampler = fitted_sampler(self, Path(checkpoint) if checkpoint else None, self.trainer.datamodule)
+
     def on_test_epoch_start(self):
         self.test_records = []
 
@@ -160,9 +170,12 @@ class CVAEModule(L.LightningModule):
         originals, reconstructions, labels = (torch.cat(parts) for parts in zip(*self.test_records))
         self.test_records = []
         generated, generated_labels = generate_per_class(
-            self.cvae, self.hparams.eval["samples_per_class"], self.hparams.data["batch_size"], self.device
+            self.cvae, self.hparams.eval["samples_per_class"], self.hparams.data["batch_size"], self.device, self.sampler
         )
         metrics = grade(originals, reconstructions, labels, generated, generated_labels, self.cvae.latent_dim, self.cvae.is_conditional)
+        if self.hparams.eval.get("classifier_metrics", False):
+            classifier, self.classifier_record = load_or_train(self.trainer.datamodule, self.hparams.eval["classifier_dir"])
+            metrics.update(classifier_metrics(classifier, originals, generated, generated_labels), classifier_accuracy=self.classifier_record["test_accuracy"])
         self.log_dict({f"test/{name}": value for name, value in metrics.items()})
         if self.hparams.eval["save_images"]:
             save_grader_images(Path(self.trainer.default_root_dir), reconstructions, generated, generated_labels)
@@ -177,7 +190,12 @@ class CVAEModule(L.LightningModule):
         checkpoint["val_metrics"] = self.validation_metrics()
 
     def configure_optimizers(self):
-        return instantiate(self.hparams.optim)(self.parameters())
+        optimizer = instantiate(self.hparams.optim)(self.parameters())
+        if not self.hparams.get("scheduler"):
+            return optimizer
+        # configs/scheduler/ holds factories of torch schedulers that decay over T_max steps
+        scheduler = instantiate(self.hparams.scheduler)(optimizer, T_max=self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def _targets(predictions: torch.Tensor, images: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,6 +30,21 @@ def gaussian_log_prob(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -
     return -0.5 * ((z - mu).pow(2) / logvar.exp() + logvar + LOG_2PI).sum(dim=-1)
 
 
+def diagonal_mixture_log_prob(z: torch.Tensor, means: torch.Tensor, logvars: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
+    """log sum_k w_k N(z; mu_k, diag exp(logvar_k)) for z of shape (..., D) and components of
+    shape (K, D), or (N, K, D) for z of shape (..., N, D) (one mixture per row). The squared
+    distances expand into matrix products, so (..., K, D) never exists in memory: a VampPrior's
+    500 components under 32k importance samples at a time would need gigabytes."""
+    z, means, precisions = z.float(), means.float(), torch.exp(-logvars.float())
+    distances = (
+        torch.einsum("...d,...kd->...k", z * z, precisions)
+        - 2 * torch.einsum("...d,...kd->...k", z, means * precisions)
+        + (means * means * precisions).sum(-1)
+    )
+    per_component = -0.5 * (distances + logvars.float().sum(-1) + z.shape[-1] * LOG_2PI)
+    return torch.logsumexp(per_component + log_weights, dim=-1)
+
+
 def _masked_sum(per_pixel: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Per-image sum over the target pixels (all pixels without a mask)."""
     if mask is not None:

@@ -33,6 +33,8 @@ from cvae_exp.config import composition_error, epochs_done, validate
 from cvae_exp.errors import UserInputError, report_and_exit
 
 RESUMES_FILE = Path(".hydra") / "resumes.yaml"
+# What a resumed run cannot change: the model, what it is trained on and how (data.root may move)
+RUN_DEFINING = ("model", "conditioning", "task", "prior", "data", "loss", "optim", "scheduler", "seed")
 
 
 class Preflight(Callback):
@@ -178,6 +180,13 @@ def continue_run(config: DictConfig) -> tuple[dict, list[str]]:
                 f"Cannot change the config group {key}={override.value()} of a resumed run: "
                 f"resume={config.resume!r} continues that run with its own config; only values "
                 f"such as trainer.max_epochs=N may be overridden."
+            )
+        top = key.split(".")[0]
+        if top in RUN_DEFINING and key != "data.root" and OmegaConf.select(saved, key) != override.value():
+            raise UserInputError(
+                f"Cannot change {key} (to {override.value()!r}, saved {OmegaConf.select(saved, key)!r}) of a resumed run: "
+                f"resume={config.resume!r} trains on the checkpoint of that run, whose {', '.join(RUN_DEFINING)} are fixed; "
+                f"start a new run with {key}={override.value()} (ckpt_path=... starts it from that checkpoint's weights)."
             )
         OmegaConf.update(saved, key, override.value(), force_add=True)
     done = _epochs_in(last, run_dir)

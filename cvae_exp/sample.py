@@ -11,6 +11,8 @@ Keys (defaults in brackets):
   n       samples per row in mode=grid [8]
   dim, span, steps   for mode=traverse (steps also for interpolate) [0, 3.0, 11]
   seed    seed of the z draws [0]
+  sampler where z comes from: prior (the run's p(z|c)) | gmm | flow (fitted per class to the
+          training split's posterior means, saved in <run dir>/samplers/ and reused) [prior]
   out     the image file to write; its directory is created [samples.png]
   data_root  where the test images are, for image-conditioned runs [where the run found them]
 
@@ -29,11 +31,12 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
 
+from cvae_exp.config import SAMPLERS
 from cvae_exp.errors import UserInputError, report_and_exit
 from cvae_exp.eval import find_checkpoint, load_module, quiet_libraries
 
 MODES = ("grid", "interpolate", "traverse")
-KEYS = "labels (class numbers, e.g. [0,3]), n (int), out (image path), mode (grid|interpolate|traverse), dim (int), span (float), steps (int), seed (int), data_root (path)"
+KEYS = "labels (class numbers, e.g. [0,3]), n (int), out (image path), mode (grid|interpolate|traverse), dim (int), span (float), steps (int), seed (int), sampler (prior|gmm|flow), data_root (path)"
 
 
 @dataclass
@@ -46,6 +49,7 @@ class SampleConfig:
     span: float = 3.0
     steps: int = 11
     seed: int = 0
+    sampler: str = "prior"
     data_root: str | None = None  # where the dataset lives (image-conditioned runs), if not where the run found it
 
 
@@ -62,6 +66,8 @@ def parse_overrides(overrides: list[str]) -> SampleConfig:
             reason = "not valid YAML" if isinstance(error, yaml.YAMLError) else str(error).splitlines()[0]
             raise UserInputError(f"{override!r} cannot be used ({reason}); the keys are {KEYS}.") from None
     config = OmegaConf.to_object(config)
+    if config.sampler not in SAMPLERS:
+        raise UserInputError(f"sampler={config.sampler!r} is not a sampler; choose one of {', '.join(SAMPLERS)}.")
     if config.mode not in MODES:
         raise UserInputError(f"mode={config.mode!r} is not a mode; choose one of {', '.join(MODES)}.")
     if Path(config.out).suffix.lower() not in Image.registered_extensions():
@@ -69,24 +75,30 @@ def parse_overrides(overrides: list[str]) -> SampleConfig:
     return config
 
 
-def draw(module, config: SampleConfig):
+def draw(module, config: SampleConfig, checkpoint: Path):
     """The grid of `config.mode` (a tensor), seeded; values out of range for this model
     (a label, dim) are the user's to fix, not a bug. torch loads here, once the arguments
     have passed their checks."""
     import torch
 
     from cvae_exp import visualize
+    from cvae_exp.samplers import fitted_sampler, require_applicable
 
     cvae = module.cvae
     labels = torch.tensor(range(cvae.num_classes) if config.labels is None else config.labels)
+    require_applicable(cvae, config.sampler)
+    sampler = None
+    if config.sampler != "prior":
+        module.hparams.eval["sampler"] = config.sampler
+        sampler = fitted_sampler(module, checkpoint, dataset(module, config))
     torch.manual_seed(config.seed)
     try:
         if not cvae.labels_condition:
             return completions(module, labels if config.labels is not None else None, config)
         if config.mode == "grid":
-            return visualize.class_samples(cvae, labels, config.n)
+            return visualize.class_samples(cvae, labels, config.n, sampler)
         if config.mode == "interpolate":
-            return visualize.latent_interpolation(cvae, labels, config.steps)
+            return visualize.latent_interpolation(cvae, labels, config.steps, sampler)
         return visualize.traversal(cvae, labels, config.dim, config.span, config.steps)
     except ValueError as error:  # an argument out of range for this model
         raise UserInputError(f"{error}.") from None
@@ -94,13 +106,11 @@ def draw(module, config: SampleConfig):
 
 def completions(module, labels, config: SampleConfig):
     """Completions of test images for an image-conditioned task: the condition comes from data."""
-    from hydra.utils import instantiate
-
     from cvae_exp import visualize
 
     if config.mode != "grid":
         raise UserInputError(f"mode={config.mode} draws from labels; this run's task ({type(module.task).__name__}) conditions on images, so only mode=grid (completions of test images) applies.")
-    data = instantiate(dict(module.hparams.data, **({"root": config.data_root} if config.data_root else {})))
+    data = dataset(module, config)
     data.setup()
     images, test_labels = data.splits["test"]
     if labels is None:
@@ -111,6 +121,13 @@ def completions(module, labels, config: SampleConfig):
             raise ValueError(f"labels={labels.tolist()}: no test image has class {missing[0]}")
         index = [int((test_labels == label).nonzero()[0]) for label in labels.tolist()]
     return visualize.completions(module.cvae, module.task, images[index].float() / 255, test_labels[index], config.n)
+
+
+def dataset(module, config: SampleConfig):
+    """The run's datamodule, at data_root if given."""
+    from hydra.utils import instantiate
+
+    return instantiate(dict(module.hparams.data, **({"root": config.data_root} if config.data_root else {})))
 
 
 def save_atomically(grid, out: Path) -> None:
@@ -137,7 +154,8 @@ def main(argv: list[str] | None = None) -> None:
         if not argv:
             raise UserInputError("missing the checkpoint: pass a .ckpt file or a run directory first, then key=value arguments (see cvae-sample --help).")
         config = parse_overrides(argv[1:])
-        grid = draw(load_module(find_checkpoint(Path(argv[0]))), config)
+        checkpoint = find_checkpoint(Path(argv[0]))
+        grid = draw(load_module(checkpoint), config, checkpoint)
     except UserInputError as error:
         report_and_exit(error, "cvae-sample")
     save_atomically(grid, Path(config.out))

@@ -5,7 +5,7 @@ so that cvae-table reads runs without loading torch."""
 from typing import Any, Optional
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 
 def run_summary(cfg: DictConfig, choices: Optional[dict[str, Any]] = None) -> dict[str, Any]:
@@ -21,6 +21,8 @@ def run_summary(cfg: DictConfig, choices: Optional[dict[str, Any]] = None) -> di
         **_parameters("task", cfg.get("task")),
         "prior": choices.get("prior"),
         **_parameters("prior", cfg.get("prior")),
+        "scheduler": choices.get("scheduler"),
+        "sampler": OmegaConf.select(cfg, "eval.sampler", default="prior"),  # older runs: the prior
         "experiment": choices.get("experiment"),
         "latent_dim": cfg.model.latent_dim,
         "likelihood": cfg.loss.likelihood,

@@ -36,11 +36,12 @@ def _inference(draw):
 
 
 @_inference
-def class_samples(cvae: CVAE, labels: torch.Tensor, n: int) -> torch.Tensor:
-    """Row i: `n` images of class labels[i] from z ~ p(z | label), the model's prior."""
+def class_samples(cvae: CVAE, labels: torch.Tensor, n: int, sampler=None) -> torch.Tensor:
+    """Row i: `n` images of class labels[i] from z ~ p(z | label), the model's prior, or
+    from a fitted latent sampler (cvae_exp/samplers.py)."""
     labels = _checked_labels(cvae, labels)
     _check_at_least("n", n, 1)
-    return _grid(cvae.sample(labels, n), columns=n)
+    return _grid(cvae.sample(labels, n, sampler), columns=n)
 
 
 @_inference
@@ -90,11 +91,11 @@ def interpolation(
 
 
 @_inference
-def latent_interpolation(cvae: CVAE, labels: torch.Tensor, steps: int) -> torch.Tensor:
-    """Row i: `steps` images of class labels[i] along the line between two z ~ p(z | label):
-    `interpolation` without data."""
+def latent_interpolation(cvae: CVAE, labels: torch.Tensor, steps: int, sampler=None) -> torch.Tensor:
+    """Row i: `steps` images of class labels[i] along the line between two z ~ p(z | label)
+    (or the fitted sampler): `interpolation` without data."""
     labels = _checked_labels(cvae, labels)
-    start, end = cvae.prior.sample(labels.repeat(2)).view(2, len(labels), -1)
+    start, end = (sampler or cvae.prior).sample(labels.repeat(2)).view(2, len(labels), -1)
     return _interpolate(cvae, start, end, labels, steps)
 
 

@@ -2,8 +2,8 @@
 # Density estimation on dynamically binarised MNIST (experiment=binarized_mnist): train for
 # trainer.max_time, then estimate the test NLL (-log p(x), importance sampled, float32) at
 # every periodic checkpoint (CURVE_NLL_SAMPLES samples per image) for the curve of NLL
-# against training time, and at the best checkpoint (chosen on validation) with the run's
-# eval.nll_samples, and print them.
+# against training time, and print them beside cvae-train's own test of the best checkpoint
+# (chosen on validation, with the run's eval.nll_samples).
 #
 #   scripts/reproduce_density.sh [extra overrides...]
 #   e.g. scripts/reproduce_density.sh data.root=/data trainer.max_time=00:00:30:00 eval.nll_samples=5000
@@ -15,17 +15,21 @@ cvae-train experiment=binarized_mnist hydra.run.dir="$run_dir" callbacks.progres
 for checkpoint in "$run_dir"/checkpoints/periodic/*.ckpt; do
     cvae-eval "$checkpoint" --nll-samples "$curve_samples" --out "${checkpoint%.ckpt}.json" > /dev/null
 done
-cvae-eval "$run_dir" > /dev/null  # the best checkpoint, with the run's eval.nll_samples, into eval.json
 python - "$run_dir" <<'PY'
 import json, sys
 from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from cvae_exp.eval import trained
 
 run = Path(sys.argv[1])
 print("| train_min | steps | test nll | test neg_elbo |\n|---|---|---|---|")
 for path in sorted((run / "checkpoints" / "periodic").glob("*.json")):
     point = json.loads(path.read_text())
     print(f"| {point['train_time_s'] / 60:.1f} | {point['steps']} | {point['test']['nll']:.2f} | {point['test']['neg_elbo']:.2f} |")
-final = json.loads((run / "eval.json").read_text())
-print(f"best checkpoint ({final['checkpoint']}, after {final['train_time_s'] / 60:.1f} min of training, {final['steps']} steps): "
-      f"test nll {final['test']['nll']:.2f} nats with K={final['nll_samples']}, neg_elbo {final['test']['neg_elbo']:.2f}")
+final = json.loads((run / "metrics.json").read_text())  # cvae-train's test of the best checkpoint, with the run's eval.nll_samples
+best = trained(run / final["best_checkpoint"])
+print(f"best checkpoint ({final['best_checkpoint']}, after {best['train_time_s'] / 60:.1f} min of training, {best['steps']} steps): "
+      f"test nll {final['test']['nll']:.2f} nats with K={OmegaConf.load(run / '.hydra' / 'config.yaml').eval.nll_samples}, neg_elbo {final['test']['neg_elbo']:.2f}")
 PY

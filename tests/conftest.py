@@ -10,6 +10,13 @@ from cvae_exp import config
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "MNIST" / "raw"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def classifier_cache(tmp_path_factory):
+    """One cache of dataset classifiers (eval.classifier_dir) per test session, shared by
+    every CLI run, so the suite trains each once and leaves the user's cache alone."""
+    os.environ["CVAE_EXP_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture
 def compose_train(tmp_path):
     """compose_train(overrides) -> the composed train config, as inside `cvae-train`,

@@ -23,8 +23,8 @@ from torch.distributions import (
 import cvae_exp.likelihood as likelihood
 from cvae_exp.likelihood import importance_sampled_nll
 from cvae_exp.models.conditioning import Conditioning
-from cvae_exp.models.priors import ConditionalPrior, MixturePrior, NoLatent, StandardPrior
-from cvae_exp.objective import Objective, gaussian_kl, gaussian_kl_between, gaussian_log_prob
+from cvae_exp.models.priors import ConditionalPrior, MixturePrior, NoLatent, StandardPrior, VampPrior
+from cvae_exp.objective import Objective, diagonal_mixture_log_prob, gaussian_kl, gaussian_kl_between, gaussian_log_prob
 from cvae_exp.tasks import HIDDEN, InpaintTask, QuadrantTask, SuperresTask
 
 CONFIGS = Path(__file__).parents[1] / "configs"
@@ -226,13 +226,70 @@ def test_mixture_prior_kl_is_log_q_minus_log_p_and_averages_to_the_kl():
     assert (ours.mean(0) > 0).all()
 
 
-# 4. NoLatent inside a CVAE.
+def test_diagonal_mixture_log_prob_matches_torch_for_shared_and_per_row_components():
+    """The expanded-square form equals MixtureSameFamily.log_prob in float64, for components
+    shared by all rows (K, D) and one mixture per row (N, K, D), z with a sample dimension."""
+    generator = torch.Generator().manual_seed(6)
+    z = 2 * torch.randn(5, 6, LATENT, generator=generator)
+    log_weights = torch.randn(7, generator=generator).log_softmax(0)
+    for shape in [(7, LATENT), (6, 7, LATENT)]:
+        means, logvars = 1.5 * torch.randn(*shape, generator=generator), torch.randn(*shape, generator=generator)
+        mixture = MixtureSameFamily(Categorical(logits=log_weights.double()), Independent(normal(means.double(), logvars.double()), 1))
+        torch.testing.assert_close(diagonal_mixture_log_prob(z, means, logvars, log_weights).double(), mixture.log_prob(z.double()), rtol=1e-5, atol=1e-5)
+
+
+# 4. The VampPrior and NoLatent inside a CVAE.
 
 TINY_MLP = {"latent_dim": 4, "encoder": {"hidden_dims": [16]}, "decoder": {"hidden_dims": [16]}}
 
 
 def load_config(group: str, name: str):
     return OmegaConf.load(CONFIGS / group / f"{name}.yaml")
+
+
+def vamp_cvae(conditioning: str, pseudo_inputs: int = 5):
+    torch.manual_seed(0)
+    return instantiate(
+        OmegaConf.merge(load_config("model", "mlp"), TINY_MLP),
+        conditioning=instantiate(load_config("conditioning", conditioning)),
+        prior=instantiate(OmegaConf.merge(load_config("prior", "vamp"), {"num_pseudo_inputs": pseudo_inputs})),
+        image_shape=list(IMAGE_SHAPE),
+        num_classes=NUM_CLASSES,
+    )
+
+
+@pytest.mark.parametrize("conditioning", ["none", "concat"])
+def test_vamp_prior_is_the_uniform_mixture_of_posteriors_at_its_pseudo_inputs(conditioning):
+    """log p(z | c) == log of the uniform MixtureSameFamily of q(z | u_k, c), the encoder run on
+    each pseudo-input (and each row's label) one at a time; z with a sample dimension."""
+    cvae = vamp_cvae(conditioning)
+    labels = torch.tensor([0, 3, 7])
+    z = torch.randn(4, 3, TINY_MLP["latent_dim"], generator=torch.Generator().manual_seed(7))
+    inputs = torch.sigmoid(cvae.prior.pseudo_logits.detach())
+    with torch.no_grad():
+        for row, label in enumerate(labels):
+            posteriors = [cvae.encoder(u[None], label[None]) for u in inputs]
+            means, logvars = (torch.cat(part).double() for part in zip(*posteriors))
+            mixture = MixtureSameFamily(Categorical(logits=torch.zeros(len(inputs), dtype=torch.float64)), Independent(normal(means, logvars), 1))
+            torch.testing.assert_close(cvae.prior.log_prob(z, labels)[:, row].double(), mixture.log_prob(z[:, row].double()), rtol=1e-5, atol=1e-5)
+
+
+def test_vamp_prior_samples_have_the_mixtures_moments_and_its_pseudo_inputs_learn():
+    """Samples (200k, encoder ignoring the label) have the uniform mixture's mean; the KL's
+    gradient reaches the pseudo-inputs, and the shared encoder is stored once in the state dict."""
+    cvae = vamp_cvae("none", pseudo_inputs=3)
+    count = 200_000
+    with torch.no_grad():
+        means, logvars = cvae.prior.components(torch.zeros(1, dtype=torch.long))
+        torch.manual_seed(8)
+        z = cvae.prior.sample(torch.zeros(count, dtype=torch.long))
+    mean = means.mean(0)
+    variance = (logvars.exp() + means**2).mean(0) - mean**2
+    assert_within_standard_errors(z.mean(0), mean, torch.sqrt(variance / count))
+    output = cvae(images(4), torch.zeros(4, dtype=torch.long))
+    output.kl.sum().backward()
+    assert cvae.prior.pseudo_logits.grad.abs().sum() > 0
+    assert not any(key.startswith("prior.encoder") for key in cvae.state_dict())
 
 
 def no_latent_cvae(task):

@@ -145,3 +145,28 @@ def test_every_task_and_prior_trains_tests_and_tabulates(tmp_path):
     sampled = run_cli(str(quadrants), "labels=[0,3]", "n=4", "out=completions.png", cwd=tmp_path, tool="sample")
     assert sampled.returncode == 0, sampled.stderr[-3000:]
     assert (tmp_path / "completions.png").is_file()
+
+
+def test_fitted_samplers_are_saved_reused_and_labelled_with_classifier_metrics(tmp_path):
+    """eval.sampler=gmm fits after training, is saved in samplers/ and labels metrics.json; the
+    classifier metrics and their classifier's record are there; cvae-eval --sampler flow fits
+    and saves a flow; cvae-sample sampler=gmm reuses the saved mixture."""
+    run = tmp_path / "run"
+    result = run_cli(*FAST, "trainer.max_epochs=2", "eval.sampler=gmm", "eval.gmm_components=2", "eval.samples_per_class=20", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["sampler"] == "gmm" and "z from gmm" in result.stdout and "samples classified as their class" in result.stdout
+    assert {"sample_accuracy", "classifier_fid", "classifier_accuracy"} <= set(metrics["test"])
+    assert 0 <= metrics["test"]["sample_accuracy"] <= 1 and metrics["classifier"]["test_accuracy"] > 0.8
+    saved = run / "samplers" / f"{(run / metrics['best_checkpoint']).stem}-gmm.pt"
+    assert saved.is_file()
+
+    result = run_cli(str(run), "--sampler", "flow", "--samples-per-class", "20", cwd=tmp_path, tool="eval")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((run / "eval.json").read_text())["sampler"] == "flow"
+    assert saved.with_name(saved.name.replace("-gmm", "-flow")).is_file()
+
+    modified = saved.stat().st_mtime_ns
+    result = run_cli(str(run), "sampler=gmm", "out=gmm.png", cwd=tmp_path, tool="sample")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "gmm.png").is_file() and saved.stat().st_mtime_ns == modified

@@ -56,6 +56,8 @@ class CVAE(nn.Module):
         self.prior = prior(latent_dim, Conditioning(**spec))
         self.encoder = encoder(image_shape, latent_dim, conditioning(**spec)) if self.prior.has_latent else None
         self.decoder = decoder(image_shape, latent_dim, conditioning(**spec))
+        if self.encoder is not None:
+            self.prior.attach(self.encoder, self.image_shape)
 
     @property
     def is_conditional(self) -> bool:
@@ -89,8 +91,9 @@ class CVAE(nn.Module):
         return self.decode(mu if use_mean or self.encoder is None else reparameterize(mu, logvar), condition)
 
     @torch.no_grad()
-    def sample(self, condition: torch.Tensor, n: int = 1) -> torch.Tensor:
-        """`n` images per condition from z ~ p(z | c): shape (len(condition) * n, C, H, W), condition-major."""
+    def sample(self, condition: torch.Tensor, n: int = 1, sampler: nn.Module | None = None) -> torch.Tensor:
+        """`n` images per condition from z ~ p(z | c), or from a fitted latent sampler
+        (cvae_exp/samplers.py): shape (len(condition) * n, C, H, W), condition-major."""
         condition = condition.repeat_interleave(n, dim=0)
-        z = self.prior.sample(condition).to(next(self.decoder.parameters()).dtype)  # float64 / bf16-true runs
+        z = (sampler or self.prior).sample(condition).to(next(self.decoder.parameters()).dtype)  # float64 / bf16-true runs
         return self.decode(z, condition)

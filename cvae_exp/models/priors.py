@@ -7,11 +7,13 @@ batch's N rows) and samples; every sample the framework draws
 A new prior is one subclass here plus one YAML file in configs/prior/.
 """
 
+import math
+
 import torch
 from torch import nn
 
 from cvae_exp.models.conditioning import Conditioning
-from cvae_exp.objective import gaussian_kl, gaussian_kl_between, gaussian_log_prob
+from cvae_exp.objective import diagonal_mixture_log_prob, gaussian_kl, gaussian_kl_between, gaussian_log_prob
 
 
 class StandardPrior(nn.Module):
@@ -31,6 +33,9 @@ class StandardPrior(nn.Module):
 
     def sample(self, condition: torch.Tensor) -> torch.Tensor:
         return torch.randn(len(condition), self.latent_dim, device=condition.device)
+
+    def attach(self, encoder: nn.Module, image_shape: tuple[int, int, int]) -> None:
+        """Called by the CVAE once its encoder exists; only a prior built on the encoder (VampPrior) keeps it."""
 
 
 class ConditionalPrior(StandardPrior):
@@ -82,13 +87,58 @@ class MixturePrior(StandardPrior):
         return gaussian_log_prob(z, mu, logvar) - self.log_prob(z, condition)
 
     def log_prob(self, z, condition):
-        per_component = gaussian_log_prob(z.float()[..., None, :], self.means, self.logvars)
-        return torch.logsumexp(per_component + self.weight_logits.log_softmax(0), dim=-1)
+        return diagonal_mixture_log_prob(z, self.means, self.logvars, self.weight_logits.log_softmax(0))
 
     def sample(self, condition):
         component = torch.multinomial(self.weight_logits.softmax(0), len(condition), replacement=True)
         noise = torch.randn(len(condition), self.latent_dim, device=condition.device)
         return self.means[component] + noise * torch.exp(0.5 * self.logvars[component])
+
+
+class VampPrior(StandardPrior):
+    """p(z | c) = 1/K sum_k q(z | u_k, c), the encoder's posteriors at K learned pseudo-inputs
+    u_k (Tomczak and Welling, 2018, "VAE with a VampPrior"). The KL is the one-sample Monte Carlo
+    estimate, as for MixturePrior. An encoder that ignores the condition (conditioning=none)
+    is run on the K pseudo-inputs once per batch; a conditional one on every (u_k, c) pair,
+    K times the batch."""
+
+    def __init__(self, latent_dim: int, conditioning: Conditioning, num_pseudo_inputs: int = 500):
+        super().__init__(latent_dim, conditioning)
+        if num_pseudo_inputs < 1:
+            raise ValueError(f"prior.num_pseudo_inputs={num_pseudo_inputs!r} must be an integer >= 1")
+        self.num_pseudo_inputs = num_pseudo_inputs
+
+    def attach(self, encoder, image_shape):
+        # pixel values sigmoid(logits), starting near mid-grey; the encoder is shared, not a submodule
+        self.pseudo_logits = nn.Parameter(0.01 * torch.randn(self.num_pseudo_inputs, *image_shape))
+        object.__setattr__(self, "encoder", encoder)
+
+    def components(self, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, logvar) of q(z | u_k, c): shape (K, D) for an encoder that ignores c, else (N, K, D)."""
+        inputs, count = torch.sigmoid(self.pseudo_logits), self.num_pseudo_inputs
+        if not self.encoder.conditioning.is_conditional:
+            mu, logvar = self.encoder(inputs, condition[:1].expand(count, *condition.shape[1:]))
+            return mu.float(), logvar.float()
+        rows = len(condition)
+        mu, logvar = self.encoder(inputs.repeat(rows, 1, 1, 1), condition.repeat_interleave(count, dim=0))
+        return mu.float().view(rows, count, -1), logvar.float().view(rows, count, -1)
+
+    def kl(self, mu, logvar, z, condition):
+        return gaussian_log_prob(z, mu, logvar) - self.log_prob(z, condition)
+
+    def log_prob(self, z, condition):
+        means, logvars = self.components(condition)
+        return diagonal_mixture_log_prob(z, means, logvars, torch.full((self.num_pseudo_inputs,), -math.log(self.num_pseudo_inputs), device=z.device))
+
+    def sample(self, condition):
+        means, logvars = self.components(condition)
+        chosen = torch.randint(self.num_pseudo_inputs, (len(condition),), device=condition.device)
+        if means.dim() == 2:
+            means, logvars = means[chosen], logvars[chosen]
+        else:
+            rows = torch.arange(len(condition), device=condition.device)
+            means, logvars = means[rows, chosen], logvars[rows, chosen]
+        return means + torch.randn_like(means) * torch.exp(0.5 * logvars)
 
 
 class NoLatent(StandardPrior):

@@ -1,0 +1,124 @@
+"""Latent samplers (cvae_exp/samplers.py) and the classifier metrics (cvae_exp/classifier.py),
+against known distributions and an independent numpy/scipy computation."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import linalg
+
+from cvae_exp.classifier import Classifier, _Features, accuracy, classifier_metrics
+from cvae_exp.samplers import FlowSampler, GaussianMixtureSampler
+
+
+def known_mixtures(count_per_class: int, seed: int = 0):
+    """Two classes in 2-D, each an equal mixture of two full-covariance Gaussians: (codes, labels, moments)."""
+    generator = torch.Generator().manual_seed(seed)
+    centers = torch.tensor([[[-3.0, 0.0], [3.0, 1.0]], [[0.0, 4.0], [1.0, -4.0]]])
+    scale_trils = torch.tensor([[[1.0, 0.0], [0.5, 0.5]], [[0.3, 0.0], [-0.2, 0.8]]])
+    codes, labels, moments = [], [], []
+    for label in range(2):
+        component = torch.randint(2, (count_per_class,), generator=generator)
+        noise = torch.randn(count_per_class, 2, 1, generator=generator)
+        codes.append(centers[label, component] + (scale_trils[component] @ noise).squeeze(-1))
+        labels.append(torch.full((count_per_class,), label))
+        mean = centers[label].mean(0)
+        covariance = sum(0.5 * (s @ s.T + torch.outer(c - mean, c - mean)) for c, s in zip(centers[label], scale_trils))
+        moments.append((mean.double(), covariance.double()))
+    return torch.cat(codes), torch.cat(labels), moments
+
+
+def assert_moments(samples: torch.Tensor, mean: torch.Tensor, covariance: torch.Tensor, tolerance: float):
+    samples = samples.double()
+    torch.testing.assert_close(samples.mean(0), mean, atol=tolerance, rtol=0)
+    torch.testing.assert_close(torch.cov(samples.T), covariance, atol=4 * tolerance, rtol=0.05)
+
+
+def test_gaussian_mixture_sampler_reproduces_a_known_mixtures_moments():
+    """Fitted per class to 20k draws of a known 2-component mixture, 200k samples of each
+    class have that class's mean and covariance (closed form of the mixture)."""
+    codes, labels, moments = known_mixtures(20_000)
+    sampler = GaussianMixtureSampler(num_classes=2, latent_dim=2, components=2, covariance="full")
+    sampler.fit(codes, labels)
+    torch.manual_seed(1)
+    for label, (mean, covariance) in enumerate(moments):
+        samples = sampler.sample(torch.full((200_000,), label))
+        assert_moments(samples, mean, covariance, tolerance=0.05)
+
+
+def test_gaussian_mixture_sampler_refuses_a_class_with_fewer_codes_than_components():
+    codes, labels, _ = known_mixtures(3)
+    with pytest.raises(ValueError, match="fewer than eval.gmm_components=5"):
+        GaussianMixtureSampler(2, 2, components=5, covariance="diag").fit(codes, labels)
+
+
+def test_flow_density_integrates_to_one_per_class():
+    """exp(log_prob) of a randomly initialised flow sums to 1 over a fine 2-D grid, per class:
+    the log-determinants of the couplings and the standardisation are right."""
+    torch.manual_seed(2)
+    flow = FlowSampler(num_classes=2, latent_dim=2, layers=4, steps=1)
+    for coupling in flow.couplings:  # leave the identity start: a real transformation
+        torch.nn.init.normal_(coupling.net[-1].weight, std=0.3)
+    flow.center.copy_(torch.tensor([0.5, -0.5]))
+    flow.scale.copy_(torch.tensor([1.5, 0.7]))
+    axis = torch.linspace(-12, 12, 801)
+    grid = torch.cartesian_prod(axis, axis)
+    cell = (axis[1] - axis[0]) ** 2
+    with torch.no_grad():
+        for label in range(2):
+            mass = (flow.log_prob(grid, torch.full((len(grid),), label)).exp() * cell).sum()
+            assert abs(float(mass) - 1.0) < 5e-3
+
+
+def test_flow_sampler_learns_each_classs_moments_and_inverts_exactly():
+    """Fitted to two Gaussian classes, samples have their moments; sample() inverts log_prob's map."""
+    codes, labels, moments = known_mixtures(10_000, seed=3)
+    flow = FlowSampler(num_classes=2, latent_dim=2, layers=6, steps=1500)
+    flow.fit(codes, labels)
+    torch.manual_seed(4)
+    with torch.no_grad():
+        for label, (mean, covariance) in enumerate(moments):
+            assert_moments(flow.sample(torch.full((50_000,), label)), mean, covariance, tolerance=0.25)
+        labels = torch.zeros(5, dtype=torch.long)
+        u = z = torch.randn(5, 2)
+        embedding = flow.embedding(labels)
+        for coupling in reversed(flow.couplings):
+            z = coupling.inverse(z, embedding)
+        back = z
+        for coupling in flow.couplings:
+            back, _ = coupling(back, embedding)
+        torch.testing.assert_close(back, u, atol=1e-5, rtol=0)
+
+
+def numpy_fid(real: np.ndarray, fake: np.ndarray) -> float:
+    """||mu_r - mu_f||^2 + Tr(S_r + S_f - 2 (S_r S_f)^(1/2)), scipy's matrix square root."""
+    mean_real, mean_fake = real.mean(0), fake.mean(0)
+    cov_real, cov_fake = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
+    root = linalg.sqrtm(cov_real @ cov_fake).real
+    return float(((mean_real - mean_fake) ** 2).sum() + np.trace(cov_real + cov_fake - 2 * root))
+
+
+def uint8_images(count: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.rand(count, 1, 28, 28, generator=generator) * 255).to(torch.uint8)
+
+
+@pytest.mark.filterwarnings("ignore:Matrix is singular")  # an untrained net's dead ReLU features have zero variance
+def test_classifier_metrics_match_numpy_and_known_labels():
+    """classifier_fid equals the numpy/scipy Frechet distance of the same features, is ~0
+    for identical sets; sample_accuracy is the fraction of known labels the argmax hits."""
+    torch.manual_seed(5)
+    classifier = Classifier((1, 28, 28), 10).eval()
+    real, fake = uint8_images(600, 6), uint8_images(500, 7) // 2
+    with torch.no_grad():
+        predicted = classifier(fake.float() / 255).argmax(1)
+        real_features, fake_features = (_Features(classifier)(images).double().numpy() for images in (real, fake))
+    labels = predicted.clone()
+    labels[:50] = (labels[:50] + 1) % 10  # 50 of 500 wrong: accuracy 0.9 exactly
+    metrics = classifier_metrics(classifier, real, fake, labels)
+    assert metrics["sample_accuracy"] == pytest.approx(0.9)
+    assert accuracy(classifier, fake, predicted) == 1.0
+    assert metrics["classifier_fid"] == pytest.approx(numpy_fid(real_features, fake_features), rel=1e-3, abs=1e-4)
+    assert classifier_metrics(classifier, real, real, torch.zeros(len(real), dtype=torch.long))["classifier_fid"] == pytest.approx(0.0, abs=1e-3)
+    assert not math.isnan(metrics["classifier_fid"])
