@@ -129,7 +129,7 @@ class TrainConfig:
 
 
 def check_sampler(settings) -> None:
-    """eval.sampler and its settings (also cvae-eval's and cvae-sample's arguments)."""
+    """eval.sampler and its settings (cvae-eval and cvae-sample check their own arguments)."""
     _require(settings.sampler in SAMPLERS, "eval.sampler", settings.sampler, f"allowed: {' | '.join(SAMPLERS)} (cvae_exp/samplers.py)")
     _require(settings.gmm_components >= 1, "eval.gmm_components", settings.gmm_components, "must be an integer >= 1 (Gaussians per class)")
     _require(settings.gmm_covariance in GMM_COVARIANCES, "eval.gmm_covariance", settings.gmm_covariance, f"allowed: {' | '.join(GMM_COVARIANCES)}")

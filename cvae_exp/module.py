@@ -137,7 +137,7 @@ class CVAEModule(L.LightningModule):
     def on_test_start(self):
         """Fit (or reload) eval.sampler to the weights under test: Lightning has loaded them by now."""
         checkpoint = self.trainer.ckpt_path
-        self.sampler = fitted_sampler(self, Path(checkpoint) if checkpoint else None, self.trainer.datamodule)
+        self.sampler = fitted_sampler(self, self.hparams.eval.get("sampler", "prior"), Path(checkpoint) if checkpoint else None, self.trainer.datamodule)
 
     def on_test_epoch_start(self):
         self.test_records = []

@@ -82,15 +82,11 @@ def draw(module, config: SampleConfig, checkpoint: Path):
     import torch
 
     from cvae_exp import visualize
-    from cvae_exp.samplers import fitted_sampler, require_applicable
+    from cvae_exp.samplers import fitted_sampler
 
     cvae = module.cvae
     labels = torch.tensor(range(cvae.num_classes) if config.labels is None else config.labels)
-    require_applicable(cvae, config.sampler)
-    sampler = None
-    if config.sampler != "prior":
-        module.hparams.eval["sampler"] = config.sampler
-        sampler = fitted_sampler(module, checkpoint, dataset(module, config))
+    sampler = fitted_sampler(module, config.sampler, checkpoint, dataset(module, config))
     torch.manual_seed(config.seed)
     try:
         if not cvae.labels_condition:

@@ -155,11 +155,10 @@ def posterior_means(cvae, images: torch.Tensor, labels: torch.Tensor, batch_size
 
 
 @torch.inference_mode(False)  # Lightning's test stage runs in inference mode, where nothing trains
-def fitted_sampler(module, checkpoint: Path | None, datamodule) -> nn.Module | None:
-    """The sampler `module.hparams.eval.sampler` names, fitted to the training split's
-    posterior means of this checkpoint; None for `prior`. Saved as
+def fitted_sampler(module, name: str, checkpoint: Path | None, datamodule) -> nn.Module | None:
+    """The sampler `name`, with the settings of `module.hparams.eval`, fitted to the training
+    split's posterior means of this checkpoint; None for `prior`. Saved as
     <run dir>/samplers/<checkpoint stem>-<name>.pt and reloaded while its settings match."""
-    name = module.hparams.eval.get("sampler", "prior")
     if name == "prior":
         return None
     cvae = module.cvae
