@@ -2,13 +2,16 @@
 against known distributions and an independent numpy/scipy computation."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 from scipy import linalg
 
-from cvae_exp.classifier import Classifier, _Features, accuracy, classifier_metrics
+from cvae_exp import classifier as classifier_module
+from cvae_exp.classifier import Classifier, accuracy, classifier_metrics, load_or_train
 from cvae_exp.samplers import FlowSampler, GaussianMixtureSampler
 
 
@@ -113,7 +116,7 @@ def test_classifier_metrics_match_numpy_and_known_labels():
     real, fake = uint8_images(600, 6), uint8_images(500, 7) // 2
     with torch.no_grad():
         predicted = classifier(fake.float() / 255).argmax(1)
-        real_features, fake_features = (_Features(classifier)(images).double().numpy() for images in (real, fake))
+        real_features, fake_features = (classifier.features(images.float() / 255).double().numpy() for images in (real, fake))
     labels = predicted.clone()
     labels[:50] = (labels[:50] + 1) % 10  # 50 of 500 wrong: accuracy 0.9 exactly
     metrics = classifier_metrics(classifier, real, fake, labels)
@@ -122,3 +125,18 @@ def test_classifier_metrics_match_numpy_and_known_labels():
     assert metrics["classifier_fid"] == pytest.approx(numpy_fid(real_features, fake_features), rel=1e-3, abs=1e-4)
     assert classifier_metrics(classifier, real, real, torch.zeros(len(real), dtype=torch.long))["classifier_fid"] == pytest.approx(0.0, abs=1e-3)
     assert not math.isnan(metrics["classifier_fid"])
+
+
+def test_a_cached_classifier_serves_only_the_data_it_was_trained_for(tmp_path, compose_train, monkeypatch):
+    """The cache is keyed by the dataset's name and a digest of its test split: other data under
+    the same name (random stand-ins, another root) trains its own classifier."""
+    monkeypatch.setattr(classifier_module, "CLASSIFIER_STEPS", 5)
+    datamodule = instantiate(compose_train(["data=digits"]).data)
+    _, first = load_or_train(datamodule, str(tmp_path))
+    written = Path(first["path"]).stat().st_mtime_ns
+    _, again = load_or_train(datamodule, str(tmp_path))
+    assert again == first and Path(first["path"]).stat().st_mtime_ns == written
+    images, labels = datamodule.splits["test"]
+    datamodule.splits["test"] = (255 - images, labels)
+    _, other = load_or_train(datamodule, str(tmp_path))
+    assert Path(other["path"]).stat().st_mtime_ns != written

@@ -152,7 +152,7 @@ def test_fitted_samplers_are_saved_reused_and_labelled_with_classifier_metrics(t
     classifier metrics and their classifier's record are there; cvae-eval --sampler flow fits
     and saves a flow; cvae-sample sampler=gmm reuses the saved mixture."""
     run = tmp_path / "run"
-    result = run_cli(*FAST, "trainer.max_epochs=2", "eval.sampler=gmm", "eval.gmm_components=2", "eval.samples_per_class=20", f"hydra.run.dir={run}", cwd=tmp_path)
+    result = run_cli(*FAST, "trainer.max_epochs=2", "eval.sampler=gmm", "eval.gmm_components=2", "eval.flow_steps=200", "eval.samples_per_class=20", f"hydra.run.dir={run}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["sampler"] == "gmm" and "z from gmm" in result.stdout and "samples classified as their class" in result.stdout
