@@ -3,6 +3,8 @@
 import json
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -12,6 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from cvae_exp.run import single_device_trainer
 from tests.helpers import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
 
 FAST = ["data=digits", "model.encoder.hidden_dims=[64]", "model.decoder.hidden_dims=[64]", "callbacks.progress_bar.refresh_rate=0"]
 
@@ -149,10 +153,12 @@ def test_every_task_and_prior_trains_tests_and_tabulates(tmp_path):
 
 def test_fitted_samplers_are_saved_reused_and_labelled_with_classifier_metrics(tmp_path):
     """eval.sampler=gmm fits after training, is saved in samplers/ and labels metrics.json; the
-    classifier metrics and their classifier's record are there; cvae-eval --sampler flow fits
+    classifier metrics and their classifier's record are there; the exported PNGs grade to the
+    recorded Score (scripts/grade_pngs.py: PIL, skimage, numpy); cvae-eval --sampler flow fits
     and saves a flow; cvae-sample sampler=gmm reuses the saved mixture."""
     run = tmp_path / "run"
-    result = run_cli(*FAST, "trainer.max_epochs=2", "eval.sampler=gmm", "eval.gmm_components=2", "eval.flow_steps=200", "eval.samples_per_class=20", f"hydra.run.dir={run}", cwd=tmp_path)
+    overrides = ["trainer.max_epochs=2", "eval.sampler=gmm", "eval.gmm_components=2", "eval.flow_steps=200", "eval.samples_per_class=20", "eval.save_images=true"]
+    result = run_cli(*FAST, *overrides, f"hydra.run.dir={run}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["sampler"] == "gmm" and "z from gmm" in result.stdout and "samples classified as their class" in result.stdout
@@ -160,6 +166,8 @@ def test_fitted_samplers_are_saved_reused_and_labelled_with_classifier_metrics(t
     assert 0 <= metrics["test"]["sample_accuracy"] <= 1 and metrics["classifier"]["test_accuracy"] > 0.8
     saved = run / "samplers" / f"{(run / metrics['best_checkpoint']).stem}-gmm.pt"
     assert saved.is_file()
+    graded = subprocess.run([sys.executable, str(ROOT / "scripts" / "grade_pngs.py"), str(run)], capture_output=True, text=True)
+    assert graded.returncode == 0 and "| score_uncapped |" in graded.stdout, graded.stdout + graded.stderr[-3000:]
 
     result = run_cli(str(run), "--sampler", "flow", "--samples-per-class", "20", cwd=tmp_path, tool="eval")
     assert result.returncode == 0, result.stderr[-3000:]
