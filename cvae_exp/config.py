@@ -89,7 +89,7 @@ class EvalConfig:
     save_images: bool = False
     nll_samples: int = 0
     sampler: str = "prior"  # where generated images draw z from (cvae_exp/samplers.py)
-    classifier_metrics: bool = True  # test/sample_accuracy and test/classifier_fid (cvae_exp/classifier.py)
+    classifier_metrics: bool = True  # test/sample_accuracy, classifier_fid, sample_precision and sample_recall (cvae_exp/classifier.py)
     classifier_dir: str = "~/.cache/cvae_exp/classifiers"  # where the dataset classifiers are cached
     gmm_components: int = 10  # eval.sampler=gmm: Gaussians per class
     gmm_covariance: str = "full"

@@ -175,7 +175,8 @@ class CVAEModule(L.LightningModule):
         metrics = grade(originals, reconstructions, labels, generated, generated_labels, self.cvae.latent_dim, self.cvae.is_conditional)
         if self.hparams.eval.get("classifier_metrics", False):
             classifier, self.classifier_record = load_or_train(self.trainer.datamodule, self.hparams.eval["classifier_dir"])
-            metrics.update(classifier_metrics(classifier, originals, generated, generated_labels), classifier_accuracy=self.classifier_record["test_accuracy"])
+            conditioned = generated_labels if self.cvae.is_conditional else None  # an unconditional model's samples have no class to hit
+            metrics.update(classifier_metrics(classifier, originals, generated, conditioned), classifier_accuracy=self.classifier_record["test_accuracy"])
         self.log_dict({f"test/{name}": value for name, value in metrics.items()})
         if self.hparams.eval["save_images"]:
             save_grader_images(Path(self.trainer.default_root_dir), reconstructions, generated, generated_labels)

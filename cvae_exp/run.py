@@ -70,7 +70,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "val": {key.removeprefix("val/"): value for key, value in val_metrics.items()},
         "recon_z": cfg.eval.recon_z,
         "sampler": cfg.eval.sampler,  # where the generated images' z came from (cvae_exp/samplers.py)
-        "classifier": module.classifier_record,  # the classifier of test/sample_accuracy and test/classifier_fid
+        "classifier": module.classifier_record,  # the classifier of the classifier metrics (test/sample_accuracy, ...)
         "score_form": "conditional" if module.cvae.is_conditional else "unconditional",
         "reference": OmegaConf.to_container(cfg.reference) if cfg.reference else None,
         "best_checkpoint": os.path.relpath(best, run_dir) if best else None,  # relative: the run dir can move

@@ -23,6 +23,7 @@ from cvae_exp.summary import run_summary
 
 SHOWN = ["epochs", "latent_dim", "lr"]  # always shown; other hyperparameters when they vary
 METRICS = ("ssim", "mse", "fid", "score", "score_uncapped", "nll", "neg_elbo")  # columns where any run has them
+PLOTTED = {"score": "Score (capped)", "nll": "-log p(target | condition), nats", "mse": "test MSE over the target pixels"}  # the first some run has
 DIGITS = {"ssim": 4, "mse": 4, "fid": 4, "score": 2, "score_uncapped": 2, "nll": 2, "neg_elbo": 2, "report_score": 2, "diff": 2, "train_min": 1, "beta": 4}
 
 
@@ -132,8 +133,8 @@ def write_csv(rows: list[dict[str, Any]], columns: list[str], path: Path) -> Non
 
 
 def plot(rows: list[dict[str, Any]], labels: list[str], path: Path) -> None:
-    """The Score per run (test/nll for runs without one), labelled by the hyperparameters
-    in `labels`; the published Score beside it only where the runs have one."""
+    """The Score per run (else test/nll, else test/mse), labelled by the hyperparameters in
+    `labels`; the published Score beside it only where the runs have one."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -146,10 +147,10 @@ def plot(rows: list[dict[str, Any]], labels: list[str], path: Path) -> None:
     width = 0.4 if published else 0.8
     if published:
         axes.bar([p - width / 2 for p in positions], [r.get("report_score") or 0 for r in rows], width, label="report")
-    metric = "score" if any(r.get("score") is not None for r in rows) or not any(r.get("nll") is not None for r in rows) else "nll"
+    metric = next((m for m in PLOTTED if any(r.get(m) is not None for r in rows)), "score")
     axes.bar([p + width / 2 * published for p in positions], [r.get(metric) or 0 for r in rows], width, label="ours")
     axes.set_xticks(list(positions), names, rotation=45, ha="right")
-    axes.set_ylabel("Score (capped)" if metric == "score" else "-log p(target | condition), nats")
+    axes.set_ylabel(PLOTTED[metric])
     if published:
         axes.legend()
     figure.tight_layout()

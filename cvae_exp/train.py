@@ -46,8 +46,9 @@ def closing_line(metrics: dict[str, Any], run_dir: Path, seconds: float) -> str:
     if "score" in test:  # the label task, graded by the lab's formula
         sampler = f", z from {metrics['sampler']}" if metrics.get("sampler", "prior") != "prior" else ""
         result = f"test score {test['score']:.2f} (ssim {test['ssim']:.4f}, mse {test['mse']:.4f}, fid {test['fid']:.2f}{sampler})"
-        if "sample_accuracy" in test:
-            result += f"; samples classified as their class {test['sample_accuracy']:.1%}, classifier fid {test['classifier_fid']:.2f} (classifier test accuracy {test['classifier_accuracy']:.1%})"
+        if "classifier_fid" in test:
+            accuracy = f"samples classified as their class {test['sample_accuracy']:.1%}, " if "sample_accuracy" in test else ""
+            result += f"; {accuracy}classifier fid {test['classifier_fid']:.2f} (classifier test accuracy {test['classifier_accuracy']:.1%})"
     else:  # an image-conditioned task: its objective and the error of a prediction over the target pixels
         result = f"test loss {test['loss']:.2f} (mse {test['mse']:.4f} over the target pixels)"
     if "nll" in test:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 SAMPLERS = ("prior", "gmm", "flow")
-COLUMNS = ("run", "train_min", "sampler", "ssim", "mse", "fid", "score", "score_uncapped", "sample_accuracy", "classifier_fid")
+COLUMNS = ("run", "train_min", "sampler", "ssim", "mse", "fid", "score", "score_uncapped", "sample_accuracy", "classifier_fid", "sample_precision", "sample_recall")
 
 
 def rows(study: Path) -> list[dict]:
@@ -39,8 +39,11 @@ def plot(table: list[dict], path: Path) -> None:
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
-    panels = (("score_uncapped", "Score (uncapped)"), ("sample_accuracy", "sample accuracy"), ("classifier_fid", "classifier FID (lower is better)"))
-    figure, axes = plt.subplots(1, len(panels), figsize=(15, 4.2))
+    panels = (
+        ("score_uncapped", "Score (uncapped)"), ("sample_accuracy", "sample accuracy"),
+        ("classifier_fid", "classifier FID (lower is better)"), ("sample_precision", "precision"), ("sample_recall", "recall"),
+    )
+    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.2))
     markers = dict(zip(SAMPLERS, ("o", "s", "^")))
     for axis, (metric, title) in zip(axes, panels):
         for sampler in SAMPLERS:

@@ -72,7 +72,7 @@ PLACEHOLDER_MEANING = {
 
 # Appended to the cvae-train part of a command (and to scripts/reproduce_*.sh, which
 # pass their arguments on to cvae-train); later overrides win in Hydra.
-TRAIN_SHORT = ["trainer.max_epochs=1", "eval.samples_per_class=20", "eval.nll_samples=5"]
+TRAIN_SHORT = ["trainer.max_epochs=1", "eval.samples_per_class=20", "eval.nll_samples=5", "eval.flow_steps=50"]
 TRAIN_NOT_MNIST = ["data=digits"]
 # `++`: add the key, or set it where a config (debug=fast, say) has it already.
 TRAIN_MNIST_SHORT = ["++trainer.limit_train_batches=5", "++trainer.limit_val_batches=2"]

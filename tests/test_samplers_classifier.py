@@ -9,9 +9,10 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from scipy import linalg
+from scipy.spatial.distance import cdist
 
 from cvae_exp import classifier as classifier_module
-from cvae_exp.classifier import Classifier, accuracy, classifier_metrics, load_or_train
+from cvae_exp.classifier import Classifier, accuracy, classifier_metrics, load_or_train, precision_recall
 from cvae_exp.samplers import FlowSampler, GaussianMixtureSampler
 
 
@@ -125,6 +126,8 @@ def test_classifier_metrics_match_numpy_and_known_labels():
     assert metrics["classifier_fid"] == pytest.approx(numpy_fid(real_features, fake_features), rel=1e-3, abs=1e-4)
     assert classifier_metrics(classifier, real, real, torch.zeros(len(real), dtype=torch.long))["classifier_fid"] == pytest.approx(0.0, abs=1e-3)
     assert not math.isnan(metrics["classifier_fid"])
+    unconditional = classifier_metrics(classifier, real, fake, None)  # samples without a class to hit
+    assert "sample_accuracy" not in unconditional and unconditional["classifier_fid"] == pytest.approx(metrics["classifier_fid"])
 
 
 def test_a_cached_classifier_serves_only_the_data_it_was_trained_for(tmp_path, compose_train, monkeypatch):
@@ -140,3 +143,33 @@ def test_a_cached_classifier_serves_only_the_data_it_was_trained_for(tmp_path, c
     datamodule.splits["test"] = (255 - images, labels)
     _, other = load_or_train(datamodule, str(tmp_path))
     assert Path(other["path"]).stat().st_mtime_ns != written
+
+
+def numpy_precision_recall(real: np.ndarray, fake: np.ndarray, k: int) -> tuple[float, float]:
+    """Kynkaanniemi et al.'s definition, brute force in float64 with scipy's distances."""
+    def radii(points):
+        return np.sort(cdist(points, points), axis=1)[:, k]  # column 0 is the point itself
+
+    def inside(queries, points):
+        return float((cdist(queries, points) <= radii(points)[None, :]).any(axis=1).mean())
+
+    return inside(fake, real), inside(real, fake)
+
+
+def test_precision_recall_match_numpy_and_known_cases():
+    """Against a brute-force float64 computation on random features (chunks of 1024 crossed);
+    identical sets give 1 and 1, far-away samples 0 and 0, samples from one of the data's two
+    modes precision about 1 and recall about 1/2."""
+    generator = torch.Generator().manual_seed(8)
+    real, fake = torch.randn(1500, 8, generator=generator), 1.2 * torch.randn(1300, 8, generator=generator) + 0.3
+    expected = numpy_precision_recall(real.double().numpy(), fake.double().numpy(), k=3)
+    assert precision_recall(real, fake, k=3) == pytest.approx(expected, abs=2e-3)
+    assert precision_recall(real, real.clone(), k=3) == (1.0, 1.0)
+    assert precision_recall(real, fake + 100.0, k=3) == (0.0, 0.0)
+    modes = torch.tensor([[-50.0, 0.0], [50.0, 0.0]])  # in 2-D, 1000 points per mode cover their mode's bulk
+
+    def draw(mode: int, count: int = 1000) -> torch.Tensor:
+        return modes[mode] + torch.randn(count, 2, generator=generator)
+
+    precision, recall = precision_recall(torch.cat([draw(0), draw(1)]), draw(0), k=3)
+    assert precision > 0.95 and 0.45 < recall < 0.52

@@ -162,7 +162,7 @@ def test_fitted_samplers_are_saved_reused_and_labelled_with_classifier_metrics(t
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["sampler"] == "gmm" and "z from gmm" in result.stdout and "samples classified as their class" in result.stdout
-    assert {"sample_accuracy", "classifier_fid", "classifier_accuracy"} <= set(metrics["test"])
+    assert {"sample_accuracy", "classifier_fid", "sample_precision", "sample_recall", "classifier_accuracy"} <= set(metrics["test"])
     assert 0 <= metrics["test"]["sample_accuracy"] <= 1 and metrics["classifier"]["test_accuracy"] > 0.8
     saved = run / "samplers" / f"{(run / metrics['best_checkpoint']).stem}-gmm.pt"
     assert saved.is_file()
