@@ -49,7 +49,7 @@ def plot(table: list[dict], path: Path) -> None:
         for sampler in SAMPLERS:
             points = [row for row in table if row["sampler"] == sampler]
             axis.scatter([row["train_min"] for row in points], [row[metric] for row in points], marker=markers[sampler], label=f"z from {sampler}")
-            for row in points:
+            for row in points if sampler == "prior" else ():  # one label per run: its samplers share its training time
                 axis.annotate(row["run"], (row["train_min"], row[metric]), fontsize=7, xytext=(4, 2), textcoords="offset points")
         axis.set(title=title, xlabel="training time (min)")
         axis.grid(alpha=0.3)
