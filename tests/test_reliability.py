@@ -183,6 +183,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(path): path.read_bytes() if path.is_file() else b"<dir>" for path in folder.rglob("*")}
 
 
+@pytest.mark.slow  # three training processes: 24 s; .ci/run runs the slow tests
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     arguments = [*FAST, "data.batch_size=16", "trainer.deterministic=true", "trainer.max_epochs=4"]
     assert run_cli(*arguments, f"hydra.run.dir={tmp_path / 'whole'}", cwd=tmp_path).returncode == 0

@@ -12,6 +12,7 @@ from tests.helpers import run_cli
 FAST = ["model.encoder.hidden_dims=[32]", "model.decoder.hidden_dims=[32]", "callbacks.progress_bar.refresh_rate=0", "eval.samples_per_class=20"]
 
 
+@pytest.mark.slow  # two jobs in parallel processes: 17 s; .ci/run runs the slow tests
 def test_joblib_multirun_of_two_seeds_gives_a_table_with_a_seed_column(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli(
@@ -43,6 +44,7 @@ def test_launcher_configs_compose(tmp_path, launcher, target):
     assert target in yaml.safe_load(result.stdout)["hydra"]["launcher"]["_target_"]
 
 
+@pytest.mark.slow  # two DDP processes: 17 s; .ci/run runs the slow tests
 def test_ddp_trains_on_cpu_with_two_processes(tmp_path):
     run = tmp_path / "run"
     result = run_cli(*FAST, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=2", f"hydra.run.dir={run}", cwd=tmp_path)
