@@ -119,7 +119,7 @@ def load_or_train(datamodule, directory: str) -> tuple[Classifier, dict]:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(".tmp")
         state = {"state_dict": classifier.state_dict(), "test_accuracy": test_accuracy}
-        torch.save({**state, "data": data, "image_shape": list(datamodule.image_shape), "num_classes": datamodule.num_classes}, temporary)
+        torch.save({**state, "data": data, "num_classes": datamodule.num_classes}, temporary)
         temporary.replace(path)
     except OSError:
         record["path"] = None  # trained for this run only

@@ -9,7 +9,8 @@ import json
 import sys
 from pathlib import Path
 
-SAMPLERS = ("prior", "gmm", "flow")
+from cvae_exp.config import SAMPLERS
+
 COLUMNS = ("run", "train_min", "sampler", "ssim", "mse", "fid", "score", "score_uncapped", "sample_accuracy", "classifier_fid", "sample_precision", "sample_recall")
 
 
