@@ -145,6 +145,31 @@ def test_a_cached_classifier_serves_only_the_data_it_was_trained_for(tmp_path, c
     assert Path(other["path"]).stat().st_mtime_ns != written
 
 
+@pytest.mark.filterwarnings("ignore:Matrix is singular")
+def test_the_cached_test_reference_gives_the_metrics_computed_without_it(tmp_path, compose_train, monkeypatch):
+    """The test split's features and k-NN radii are cached with the classifier and reused for
+    exactly those images (same metrics as without the cache); other real images are not served
+    from it; a classifier cached without a reference gets one written back."""
+    monkeypatch.setattr(classifier_module, "CLASSIFIER_STEPS", 5)
+    datamodule = instantiate(compose_train(["data=digits"]).data)
+    classifier, record = load_or_train(datamodule, str(tmp_path))
+    test_images, _ = datamodule.splits["test"]
+    generated = uint8_images(len(test_images), 9) // 3
+    labels = torch.arange(len(test_images)) % 10
+    cached = classifier_metrics(classifier, test_images, generated, labels)
+    bare = Classifier(classifier.image_shape, classifier.num_classes).eval()
+    bare.load_state_dict(classifier.state_dict())  # no reference: everything computed here
+    assert cached == pytest.approx(classifier_metrics(bare, test_images, generated, labels), rel=1e-5, abs=1e-6)
+    assert classifier.test_reference["images"] != classifier_module.fingerprint(test_images[:-1])
+    assert classifier_metrics(classifier, test_images[:-1], generated, labels) == classifier_metrics(bare, test_images[:-1], generated, labels)
+    saved = torch.load(record["path"], weights_only=False)
+    del saved["test_reference"]
+    torch.save(saved, record["path"])
+    reloaded, _ = load_or_train(datamodule, str(tmp_path))
+    assert torch.equal(reloaded.test_reference["features"], classifier.test_reference["features"])
+    assert "test_reference" in torch.load(record["path"], weights_only=False)
+
+
 def numpy_precision_recall(real: np.ndarray, fake: np.ndarray, k: int) -> tuple[float, float]:
     """Kynkaanniemi et al.'s definition, brute force in float64 with scipy's distances."""
     def radii(points):
