@@ -64,6 +64,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for logger in evaluator.loggers:  # the HParams tab: hyperparameters beside final test metrics
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(summary, metrics=dict(test_metrics))
+            logger.finalize("success")  # the test stage closed the event file; this closes the one just written
     return {
         "status": "debug" if is_debug_run() else "completed",
         "test": {key.removeprefix("test/"): float(value) for key, value in test_metrics.items()},
