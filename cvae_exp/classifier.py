@@ -62,9 +62,12 @@ class _Features(nn.Module):
 
 @torch.no_grad()
 def features(classifier: Classifier, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """The penultimate features of uint8 `images` (batches of 256: the fastest on a CPU)."""
+    """The penultimate features of uint8 `images` (batches of 256: the fastest on a CPU). In
+    channels_last, where a CPU's convolutions and pooling take half the time."""
     device = next(classifier.parameters()).device
-    return torch.cat([classifier.features(x.to(device).float() / 255) for x in images.split(batch_size)])
+    classifier = classifier.to(memory_format=torch.channels_last)
+    batches = (x.to(device).float().div(255).contiguous(memory_format=torch.channels_last) for x in images.split(batch_size))
+    return torch.cat([classifier.features(x) for x in batches])
 
 
 def fingerprint(*tensors: torch.Tensor) -> str:
