@@ -17,8 +17,9 @@ timings do not depend on the pixels.
 With --whole-run N, it times instead the whole of `cvae-train experiment=report_genmodel
 trainer.max_epochs=N` as a user runs it (a subprocess: start-up, data, N epochs with
 validation and checkpoints, the graded test of the best checkpoint), against a bare loop
-training the same N epochs in this process, and prints their ratio and where the
-framework's time went (a second, profiled run: Lightning's SimpleProfiler).
+training the same N epochs in this process, the two in turn --repeats times, and prints
+the median ratio and where the framework's time went (a last, profiled run: Lightning's
+SimpleProfiler).
 
 Prints the median training-phase epoch time of each path (seconds), the ratios
 framework/bare and pipeline/framework, the framework's whole epoch (validation and
@@ -231,9 +232,13 @@ def profiled_phases(log: Path) -> dict[str, float]:
     return {phase: sum(totals.get(action, 0.0) for action in actions) for phase, actions in PHASES.items()}
 
 
-def whole_run(args, root: Path, real: bool, device: torch.device) -> None:
+def whole_run(args, root: Path, real: bool, device: torch.device, common: list[str]) -> None:
+    """`cvae-train` end to end against a bare loop of the same epochs, --repeats times in
+    turn (run, loop, run, loop, ...) so that both see the same drift of a noisy machine;
+    then one profiled run for the split by phase."""
     epochs = args.whole_run
-    overrides = ["experiment=report_genmodel", f"trainer.max_epochs={epochs}", f"data.root='{root}'", f"trainer.accelerator={device.type}"]
+    limits = [override for override in common if override.startswith("++trainer.limit_")]  # --limit-batches: smoke runs
+    overrides = ["experiment=report_genmodel", f"trainer.max_epochs={epochs}", f"data.root='{root}'", f"trainer.accelerator={device.type}", *limits]
     if not real:
         raise SystemExit(f"--whole-run needs MNIST under {root}/MNIST/raw (see README)")
     with tempfile.TemporaryDirectory() as folder:
@@ -243,18 +248,22 @@ def whole_run(args, root: Path, real: bool, device: torch.device) -> None:
         datamodule.setup()
         if cfg.eval.classifier_metrics:  # trained on first use and cached: a user's later runs do not pay for it
             load_or_train(datamodule, cfg.eval.classifier_dir)
-        wall, metrics = run_cli(overrides, folder / "plain")
+        images, labels = datamodule.splits["train"]
+        pairs = []
+        for repeat in range(args.repeats):
+            wall, metrics = run_cli(overrides, folder / f"plain{repeat}")
+            bare = PlainLoop(cfg, tensor_batches(images, labels, cfg.data.batch_size, args.limit_batches, device), device)
+            for _ in range(epochs):
+                bare.epoch()
+            pairs.append((wall, sum(bare.times), metrics))
+            print(f"repeat {repeat + 1}: cvae-train end to end {wall:.1f} s, bare loop {sum(bare.times):.1f} s, ratio {wall / sum(bare.times):.2f}")
         _, profiled = run_cli([*overrides, "++trainer.profiler=simple"], folder / "profiled")
         phases = profiled_phases(folder / "profiled" / "train.log")
-        images, labels = datamodule.splits["train"]
-        bare = PlainLoop(cfg, tensor_batches(images, labels, cfg.data.batch_size, None, device), device)
-        for _ in range(epochs):
-            bare.epoch()
-    bare_s = sum(bare.times)
+    wall, bare_s, metrics = sorted(pairs, key=lambda pair: pair[0] / pair[1])[len(pairs) // 2]  # the median pair
     print(f"\ncvae-train experiment=report_genmodel trainer.max_epochs={epochs}, end to end: {wall:.1f} s; bare loop, {epochs} training epochs: {bare_s:.1f} s")
-    print(f"ratio whole run / bare loop: {wall / bare_s:.2f}")
-    print(f"\nwhere the framework's time went, in seconds: the plain run's fit took {metrics['train_time_s']:.1f} s, the profiled run's {profiled['train_time_s']:.1f} s;")
-    print("the phases come from the profiled run, the first row from the plain one (its wall time less its fit and test):")
+    print(f"ratio whole run / bare loop: {wall / bare_s:.2f} (the median of {len(pairs)}: {', '.join(f'{w / b:.2f}' for w, b, _ in pairs)})")
+    print(f"\nwhere the framework's time went, in seconds: the median run's fit took {metrics['train_time_s']:.1f} s, the profiled run's {profiled['train_time_s']:.1f} s;")
+    print("the phases come from the profiled run, the first row from the median one (its wall time less its fit and test):")
     fit_rest = profiled["train_time_s"] - sum(phases[p] for p in ("training steps", "validation steps", "checkpoint writes", "image grids"))
     rows = {
         "start-up, data, checks, other": wall - metrics["train_time_s"] - phases["test steps + grading"],
@@ -294,9 +303,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--limit-batches", type=int, default=None, help="for smoke runs: at most K batches per epoch in every path and stage")
     parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
     parser.add_argument("--whole-run", type=int, metavar="N", help="time cvae-train end to end (report model, N epochs) against a bare loop")
+    parser.add_argument("--repeats", type=int, default=3, help="with --whole-run: timed pairs of a run and a bare loop, in turn (the median is reported)")
     args = parser.parse_args()
     if args.epochs < 1:
         parser.error("--epochs must be at least 1 (a median needs a timed epoch)")
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     return args
 
 
@@ -318,7 +330,7 @@ def main() -> None:
     if args.limit_batches:
         common += [f"++trainer.limit_{stage}_batches={args.limit_batches}" for stage in ("train", "val", "test")]
     if args.whole_run:
-        return whole_run(args, root, real, device)
+        return whole_run(args, root, real, device, common)
     rows = []
     for model, batch_size, precision in itertools.product(args.models, args.batch_sizes, args.precisions):
         overrides = [*common, f"model={model}", f"data.batch_size={batch_size}", f"trainer.precision={precision}"]

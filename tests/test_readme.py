@@ -78,7 +78,7 @@ TRAIN_NOT_MNIST = ["data=digits"]
 TRAIN_MNIST_SHORT = ["++trainer.limit_train_batches=5", "++trainer.limit_val_batches=2"]
 OPTUNA_SHORT = ["hydra.sweeper.n_trials=2"]
 # Appended to `python scripts/benchmark.py ...` (argparse: the last value wins).
-BENCHMARK_SHORT = ["--epochs", "1", "--limit-batches", "5"]
+BENCHMARK_SHORT = ["--epochs", "1", "--limit-batches", "5", "--repeats", "1"]
 # Appended to `tensorboard ...`: port 0 asks the OS for a free port.
 TENSORBOARD_FLAGS = ["--port", "0", "--host", "127.0.0.1"]
 TENSORBOARD_SERVING = re.compile(r"TensorBoard \S+ at (http://\S+)")
