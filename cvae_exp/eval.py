@@ -37,17 +37,21 @@ def find_checkpoint(path: Path) -> Path:
 
 def quiet_libraries() -> None:
     """Lightning's notices (devices found, tips) and library deprecation warnings are not
-    the user's to act on; cvae-train sends them to train.log, these tools have none."""
+    the user's to act on; cvae-train sends them to train.log, these tools have none. Called
+    once Lightning is imported: its import sets its loggers to INFO."""
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="lightning")  # torch's deprecations inside Lightning
     warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`")  # training callbacks do not matter to a test
 
 
 def load_module(checkpoint: Path, **eval_overrides):
-    """The CVAEModule a checkpoint holds, with eval settings overridden."""
+    """The CVAEModule a checkpoint holds, with eval settings overridden (torch and Lightning
+    are imported here, and their notices quietened)."""
     from cvae_exp.module import CVAEModule
 
+    quiet_libraries()
     try:
         module = CVAEModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
     except Exception as error:  # truncated file, another model's checkpoint, ...
@@ -68,7 +72,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=42, help="seed of the sampling")
     parser.add_argument("--out", type=Path, help="the JSON file to write [<run dir>/eval.json]")
     args = parser.parse_args(argv)
-    quiet_libraries()
     try:
         if args.samples_per_class is not None and args.samples_per_class < 1:
             raise UserInputError(f"--samples-per-class {args.samples_per_class}: must be an integer >= 1 (generated images per class for the FID).")

@@ -99,12 +99,15 @@ class CVAEModule(L.LightningModule):
         costs one host sync per step."""
         if torch.isfinite(terms["loss"]):
             return
+        precision = str(self.trainer.precision)
+        remedies = "a smaller optim.lr or a KL warm-up (loss.warmup_steps)"
+        if precision != "32-true":
+            remedies = f"a smaller optim.lr, a KL warm-up (loss.warmup_steps) or trainer.precision=32-true (this run: {precision})"
         raise TrainingDiverged(
             f"Training diverged: the loss is {terms['loss'].item()} (reconstruction {terms['recon'].item()}, "
             f"KL {terms['kl'].item()}) at step {self.global_step}, epoch {self.current_epoch}. The likely cause "
-            f"is a learning rate too high for this model (optim.lr={self.hparams.optim['lr']}); try a smaller "
-            f"optim.lr, a KL warm-up (loss.warmup_steps) or trainer.precision=32-true. Checkpoints written "
-            f"before this step are kept; the best is the last with a finite validation loss."
+            f"is a learning rate too high for this model (optim.lr={self.hparams.optim['lr']}); try {remedies}. "
+            f"Checkpoints written before this step are kept; the best is the last with a finite validation loss."
         )
 
     def _evaluate(self, images, condition, mask, stage: str) -> torch.Tensor:

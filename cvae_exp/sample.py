@@ -33,7 +33,7 @@ from PIL import Image
 
 from cvae_exp.config import SAMPLERS
 from cvae_exp.errors import UserInputError, report_and_exit
-from cvae_exp.eval import find_checkpoint, load_module, quiet_libraries
+from cvae_exp.eval import find_checkpoint, load_module
 
 MODES = ("grid", "interpolate", "traverse")
 KEYS = "labels (class numbers, e.g. [0,3]), n (int), out (image path), mode (grid|interpolate|traverse), dim (int), span (float), steps (int), seed (int), sampler (prior|gmm|flow), data_root (path)"
@@ -145,7 +145,6 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] in (["-h"], ["--help"]):
         print(__doc__)
         return
-    quiet_libraries()
     try:
         if not argv:
             raise UserInputError("missing the checkpoint: pass a .ckpt file or a run directory first, then key=value arguments (see cvae-sample --help).")

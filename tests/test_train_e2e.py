@@ -57,6 +57,7 @@ def test_two_epochs_write_checkpoints_events_and_metrics_then_resume(tmp_path):
     evaluated = json.loads((run / "eval.json").read_text())
     assert evaluated["recon_z"] == "mean" and evaluated["checkpoint"] == metrics["best_checkpoint"]
     assert {"ssim", "mse", "fid", "score", "score_uncapped"} <= set(evaluated["test"])
+    assert result.stderr.strip() == "", result.stderr  # no Lightning notices or library warnings
 
     resumed = tmp_path / "resumed"
     result = run_cli(*FAST, "trainer.max_epochs=3", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={resumed}", cwd=tmp_path)
@@ -147,7 +148,7 @@ def test_every_task_and_prior_trains_tests_and_tabulates(tmp_path):
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert {"nll", "neg_elbo", "mse"} <= set(json.loads((quadrants / "eval.json").read_text())["test"])
     sampled = run_cli(str(quadrants), "labels=[0,3]", "n=4", "out=completions.png", cwd=tmp_path, tool="sample")
-    assert sampled.returncode == 0, sampled.stderr[-3000:]
+    assert sampled.returncode == 0 and sampled.stderr.strip() == "", sampled.stderr[-3000:]
     assert (tmp_path / "completions.png").is_file()
 
 

@@ -19,7 +19,7 @@ def bottleneck_size(image_shape, num_layers: int) -> tuple[int, int]:
         raise ValueError(
             f"a conv network with {num_layers} layers needs image sides divisible by "
             f"2**{num_layers} = {factor}, but the data has shape {tuple(image_shape)}; "
-            f"use fewer channels entries (a side of 28 allows at most 2) or model=mlp"
+            f"use fewer entries in model.encoder.channels and model.decoder.channels (a side of 28 allows at most 2) or model=mlp"
         )
     return height // factor, width // factor
 
