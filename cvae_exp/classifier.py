@@ -10,7 +10,8 @@ has none), which split the FID into fidelity (samples inside the test images' ma
 coverage (test images inside the samples'). The classifier is a small CNN trained by
 the framework on the dataset's official training set on first use (1500 minibatches, at
 most 30 epochs) and cached, with its official test accuracy, a digest of the test split it
-serves and that split's features and k-NN radii (the same every run), in eval.classifier_dir (~/.cache/cvae_exp/classifiers/<dataset>.pt, or
+serves and that split's features and k-NN radii (the same every run), in
+eval.classifier_dir (~/.cache/cvae_exp/classifiers/<dataset>.pt, or
 $CVAE_EXP_CACHE/classifiers); our own training loop, a few lines for well under a minute
 of training, where a Lightning run would cost more than the training.
 """

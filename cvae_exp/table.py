@@ -53,7 +53,7 @@ def _row(job: Path) -> dict[str, Any]:
     test, reference = metrics.get("test", {}), metrics.get("reference") or {}
     row = {
         "run": job.name, **{key: value for key, value in _configured(job).items() if key != "report_score"}, **metrics["hparams"],
-        "report_score": reference.get("score"), **{key: test.get(key) for key in METRICS},
+        "report_score": reference.get("score"), "reference": reference.get("source"), **{key: test.get(key) for key in METRICS},
         "train_min": metrics["train_time_s"] / 60 if "train_time_s" in metrics else None,
         "status": metrics["status"] if "reason" not in metrics else f"{metrics['status']}: {metrics['reason']}",
     }
@@ -67,7 +67,8 @@ def _configured(job: Path) -> dict[str, Any]:
     try:
         cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
         choices = OmegaConf.load(job / ".hydra" / "hydra.yaml").hydra.runtime.choices
-        return {**run_summary(cfg, choices), "report_score": (cfg.get("reference") or {}).get("score")}
+        reference = cfg.get("reference") or {}
+        return {**run_summary(cfg, choices), "report_score": reference.get("score"), "reference": reference.get("source")}
     except Exception:  # a damaged job dir still gets its row
         return {}
 
@@ -80,24 +81,29 @@ def metrics_in(rows: list[dict[str, Any]]) -> list[str]:
 
 def varied_in(rows: list[dict[str, Any]]) -> list[str]:
     """The hyperparameters that differ between runs, besides those always shown."""
-    hyper = list(dict.fromkeys(key for row in rows for key in row if key not in ("run", "status", "report_score", "diff", "train_min", *METRICS)))
+    hyper = list(dict.fromkeys(key for row in rows for key in row if key not in ("run", "reference", "status", "report_score", "diff", "train_min", *METRICS)))
     return [key for key in hyper if key not in SHOWN and len({str(row.get(key)) for row in rows}) > 1]
 
 
 def columns_for(rows: list[dict[str, Any]]) -> list[str]:
-    """run, the shown and varied hyperparameters, the published score if any, metrics, status."""
+    """run, the published row it reproduces (reference.source) if any, the shown and varied
+    hyperparameters, the published score if any, metrics, status."""
     published = ["report_score"] if any(row.get("report_score") is not None for row in rows) else []
-    return ["run", *SHOWN, *varied_in(rows), *published, *metrics_in(rows), *(["diff"] if published else []), "train_min", "status"]
+    sourced = ["reference"] if any(row.get("reference") for row in rows) else []
+    return ["run", *sourced, *SHOWN, *varied_in(rows), *published, *metrics_in(rows), *(["diff"] if published else []), "train_min", "status"]
 
 
 def group_by_seed(rows: list[dict[str, Any]], varied: list[str]) -> list[dict[str, Any]]:
-    """Completed runs whose hyperparameters are equal but for the seed, as mean and std."""
+    """Completed runs whose hyperparameters are equal but for the seed, as mean and std (not
+    repeats of one seed: those are no spread over seeds)."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
         if row["status"] == "completed":
             groups.setdefault(tuple(str(row.get(key)) for key in varied if key != "seed"), []).append(row)
     summaries = []
     for members in groups.values():
+        if len({str(m.get("seed")) for m in members}) < len(members):
+            continue
         summary = {"runs": len(members), "seeds": " ".join(str(m.get("seed")) for m in members)}
         summary |= {key: members[0].get(key) for key in varied if key != "seed"}
         for metric in METRICS:

@@ -16,7 +16,7 @@ HPARAMS = {
 }
 
 
-def make_job(sweep, name, metrics=None, reference=15.69, **changes):
+def make_job(sweep, name, metrics=None, reference=15.69, source=None, **changes):
     """A job dir as cvae-train writes it; `changes` are hyperparameters."""
     hparams = {**HPARAMS, **changes}
     job = sweep / name
@@ -25,7 +25,7 @@ def make_job(sweep, name, metrics=None, reference=15.69, **changes):
         "seed": hparams["seed"], "data": {"name": hparams["data"], "batch_size": hparams["batch_size"]},
         "trainer": {"max_epochs": hparams["epochs"], "precision": hparams["precision"]}, "model": {"latent_dim": hparams["latent_dim"]},
         "loss": {"likelihood": hparams["likelihood"], "beta": hparams["beta"]}, "optim": {"lr": hparams["lr"]},
-        "reference": {"score": reference} if reference is not None else None,
+        "reference": {"score": reference, **({"source": source} if source else {})} if reference is not None else None,
     }
     OmegaConf.save(OmegaConf.create(config), job / ".hydra" / "config.yaml")
     choices = {key: hparams[key] for key in ("model", "conditioning", "experiment")}
@@ -83,6 +83,26 @@ def test_runs_that_differ_only_by_seed_are_summarised(tmp_path):
     assert float(groups[0]["score_mean"]) == pytest.approx(np.mean(list(scores.values())))
     assert float(groups[0]["score_std"]) == pytest.approx(np.std(list(scores.values()), ddof=1))
     assert "| 3 | 1 2 3 | 10 | 20 | 0.005 |" in (sweep / "table_seeds.md").read_text()
+
+
+def test_repeats_of_one_seed_are_no_spread_over_seeds(tmp_path):
+    sweep = tmp_path / "sweep"
+    for job in ("0", "1"):
+        make_job(sweep, job, seed=42, metrics=completed(20.0))
+    make_job(sweep, "2", lr=0.001, metrics=completed(21.0))
+    main([str(sweep)])
+    assert not (sweep / "table_seeds.md").exists()
+
+
+def test_runs_that_reproduce_a_published_row_name_it(tmp_path):
+    """Jobs of a reproduction (longest first, say) are told apart by the row they reproduce."""
+    sweep = tmp_path / "sweep"
+    make_job(sweep, "0", epochs=50, reference=24.22, source="report Table 3, row 13", metrics=completed(25.0))
+    make_job(sweep, "1", source="report Table 3, row 1")  # missing: from its config
+    main([str(sweep)])
+    lines = (sweep / "table.md").read_text().splitlines()
+    assert lines[0].startswith("| run | reference | epochs |")
+    assert lines[2].startswith("| 0 | report Table 3, row 13 | 50 |") and lines[3].startswith("| 1 | report Table 3, row 1 | 10 |")
 
 
 def test_a_damaged_metrics_file_gets_its_row_and_a_warning_naming_it(tmp_path, capsys):

@@ -16,10 +16,11 @@ def bottleneck_size(image_shape, num_layers: int) -> tuple[int, int]:
     _, height, width = image_shape
     factor = 2**num_layers
     if num_layers < 1 or height % factor or width % factor:
+        most = next(n for n in range(num_layers, -1, -1) if height % 2**n == 0 and width % 2**n == 0)
         raise ValueError(
-            f"a conv network with {num_layers} layers needs image sides divisible by "
-            f"2**{num_layers} = {factor}, but the data has shape {tuple(image_shape)}; "
-            f"use fewer entries in model.encoder.channels and model.decoder.channels (a side of 28 allows at most 2) or model=mlp"
+            f"a conv network with {num_layers} layers needs image sides divisible by 2**{num_layers} = {factor} "
+            f"({height} x {width} allows at most {most}): use at most {most} entries in model.encoder.channels "
+            f"and model.decoder.channels, or model=mlp"
         )
     return height // factor, width // factor
 
