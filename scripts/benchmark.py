@@ -16,10 +16,11 @@ timings do not depend on the pixels.
 
 With --whole-run N, it times instead the whole of `cvae-train experiment=report_genmodel
 trainer.max_epochs=N` as a user runs it (a subprocess: start-up, data, N epochs with
-validation and checkpoints, the graded test of the best checkpoint), against a bare loop
-training the same N epochs in this process, the two in turn --repeats times, and prints
-the median ratio and where the framework's time went (a last, profiled run: Lightning's
-SimpleProfiler).
+validation and checkpoints, the graded test of the best checkpoint), against the bare
+loop of scripts/bare_loop.py training the same N epochs as a process of its own, the two in
+turn --repeats times, and prints the median ratios (to the bare loop's training epochs, and
+to the bare script end to end) and where the framework's time went (a last, profiled run:
+Lightning's SimpleProfiler).
 
 Prints the median training-phase epoch time of each path (seconds), the ratios
 framework/bare and pipeline/framework, the framework's whole epoch (validation and
@@ -46,7 +47,7 @@ from statistics import median
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets
@@ -55,8 +56,9 @@ from torchvision.transforms import ToTensor
 from cvae_exp.classifier import load_or_train
 from cvae_exp.config import compose_train, validate
 from cvae_exp.data import ImageSplits
-from cvae_exp.objective import Objective
 from cvae_exp.run import build
+
+from bare_loop import PlainLoop, now, tensor_batches  # scripts/bare_loop.py, beside this file
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -76,13 +78,6 @@ def has_mnist(root: Path) -> bool:
     """torchvision reads MNIST offline from the four files, compressed or extracted."""
     raw = root / "MNIST" / "raw"
     return all((raw / name).is_file() or (raw / f"{name}.gz").is_file() for name in MNIST_FILES)
-
-
-def now(device: torch.device) -> float:
-    """Wall time once queued GPU work is done, so that an epoch is not timed by its launches."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
 
 
 class EpochTimer(L.Callback):
@@ -114,44 +109,6 @@ class EpochTimer(L.Callback):
         if self.in_training:
             self.training.append(now(trainer.strategy.root_device) - self.start)
             self.in_training = False
-
-
-class PlainLoop:
-    """Plain Adam on the objective over `batches()` (one iterable per epoch), with the
-    CVAE built as CVAEModule builds it; `epoch()` trains one epoch and records its time."""
-
-    def __init__(self, cfg: DictConfig, batches, device: torch.device):
-        torch.manual_seed(cfg.seed)
-        self.model = instantiate(
-            cfg.model, conditioning=instantiate(cfg.conditioning), image_shape=list(cfg.data.image_shape), num_classes=cfg.data.num_classes
-        ).to(device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-        self.objective = Objective(**cfg.loss)
-        self.bf16 = cfg.trainer.precision == "bf16-mixed"
-        self.batches, self.device, self.times = batches, device, []
-
-    def epoch(self) -> None:
-        start = now(self.device)
-        for images, labels in self.batches():
-            images, labels = images.to(self.device), labels.to(self.device)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                output = self.model(images, labels)
-                loss = self.objective(images, output.logits, output.kl, self.objective.beta)["loss"]
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-        self.times.append(now(self.device) - start)
-
-
-def tensor_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, limit: int | None, device: torch.device):
-    """The bare loop's data: a random permutation per epoch indexing uint8 tensors on the device."""
-    images, labels = images.to(device), labels.to(device)
-
-    def epoch():
-        for index in itertools.islice(torch.randperm(len(labels), device=device).split(batch_size), limit):
-            yield images[index].float() / 255, labels[index]
-
-    return epoch
 
 
 class PILImages(Dataset):
@@ -232,10 +189,26 @@ def profiled_phases(log: Path) -> dict[str, float]:
     return {phase: sum(totals.get(action, 0.0) for action in actions) for phase, actions in PHASES.items()}
 
 
+def bare_script(cfg: DictConfig, folder: Path, root: Path, epochs: int, limit: int | None, device: torch.device) -> tuple[float, float]:
+    """scripts/bare_loop.py as its own process: its wall time from start to exit, and the
+    sum of its training epochs."""
+    config = folder / "bare.yaml"
+    nodes = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "conditioning", "data", "loss", "optim")}
+    OmegaConf.save(nodes | {"seed": cfg.seed, "trainer": {"precision": cfg.trainer.precision}}, config)
+    command = [sys.executable, str(Path(__file__).with_name("bare_loop.py")), str(config), str(epochs), "--data-root", str(root), "--device", device.type]
+    command += ["--limit-batches", str(limit)] if limit else []
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"bare_loop.py failed:\n{result.stderr[-3000:]}")
+    return wall, sum(json.loads(result.stdout.splitlines()[-1])["epochs_s"])
+
+
 def whole_run(args, root: Path, real: bool, device: torch.device, common: list[str]) -> None:
-    """`cvae-train` end to end against a bare loop of the same epochs, --repeats times in
-    turn (run, loop, run, loop, ...) so that both see the same drift of a noisy machine;
-    then one profiled run for the split by phase."""
+    """`cvae-train` end to end against scripts/bare_loop.py training the same epochs, each
+    as its own process, --repeats times in turn (run, loop, run, loop, ...) so that both see
+    the same drift of a noisy machine; then one profiled run for the split by phase."""
     epochs = args.whole_run
     limits = [override for override in common if override.startswith("++trainer.limit_")]  # --limit-batches: smoke runs
     overrides = ["experiment=report_genmodel", f"trainer.max_epochs={epochs}", f"data.root='{root}'", f"trainer.accelerator={device.type}", *limits]
@@ -244,26 +217,29 @@ def whole_run(args, root: Path, real: bool, device: torch.device, common: list[s
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         cfg = validate(compose_train(overrides, folder / "bare"))
-        datamodule = instantiate(cfg.data)
-        datamodule.setup()
         if cfg.eval.classifier_metrics:  # trained on first use and cached: a user's later runs do not pay for it
+            datamodule = instantiate(cfg.data)
+            datamodule.setup()
             load_or_train(datamodule, cfg.eval.classifier_dir)
-        images, labels = datamodule.splits["train"]
-        pairs = []
+        runs = []
         for repeat in range(args.repeats):
             wall, metrics = run_cli(overrides, folder / f"plain{repeat}")
-            bare = PlainLoop(cfg, tensor_batches(images, labels, cfg.data.batch_size, args.limit_batches, device), device)
-            for _ in range(epochs):
-                bare.epoch()
-            pairs.append((wall, sum(bare.times), metrics))
-            print(f"repeat {repeat + 1}: cvae-train end to end {wall:.1f} s, bare loop {sum(bare.times):.1f} s, ratio {wall / sum(bare.times):.2f}")
+            bare_wall, bare_epochs = bare_script(cfg, folder, root, epochs, args.limit_batches, device)
+            runs.append({"wall": wall, "metrics": metrics, "bare_wall": bare_wall, "bare_epochs": bare_epochs})
+            print(f"repeat {repeat + 1}: cvae-train end to end {wall:.1f} s; bare script {bare_wall:.1f} s end to end, "
+                  f"{bare_epochs:.1f} s of it training epochs; ratios {wall / bare_epochs:.2f} and {wall / bare_wall:.2f}")
         # without the sanity check, which the plain runs do before their fit's timer starts
         # (it falls in the first row below): its validation steps would count twice
         _, profiled = run_cli([*overrides, "++trainer.profiler=simple", "++trainer.num_sanity_val_steps=0"], folder / "profiled")
         phases = profiled_phases(folder / "profiled" / "train.log")
-    wall, bare_s, metrics = sorted(pairs, key=lambda pair: pair[0] / pair[1])[len(pairs) // 2]  # the median pair
-    print(f"\ncvae-train experiment=report_genmodel trainer.max_epochs={epochs}, end to end: {wall:.1f} s; bare loop, {epochs} training epochs: {bare_s:.1f} s")
-    print(f"ratio whole run / bare loop: {wall / bare_s:.2f} (the median of {len(pairs)}: {', '.join(f'{w / b:.2f}' for w, b, _ in pairs)})")
+    median_run = sorted(runs, key=lambda run: run["wall"] / run["bare_epochs"])[len(runs) // 2]
+    wall, bare_epochs, bare_wall, metrics = median_run["wall"], median_run["bare_epochs"], median_run["bare_wall"], median_run["metrics"]
+    print(f"\ncvae-train experiment=report_genmodel trainer.max_epochs={epochs}, end to end: {wall:.1f} s; "
+          f"bare script: {bare_wall:.1f} s end to end, its {epochs} training epochs {bare_epochs:.1f} s")
+    to_epochs = ", ".join(f"{run['wall'] / run['bare_epochs']:.2f}" for run in runs)
+    to_script = ", ".join(f"{run['wall'] / run['bare_wall']:.2f}" for run in runs)
+    print(f"ratio whole run / bare training epochs: {wall / bare_epochs:.2f} (the median of {len(runs)}: {to_epochs})")
+    print(f"ratio whole run / bare script end to end (its Python start, imports and MNIST read included): {wall / bare_wall:.2f} (same runs: {to_script})")
     print(f"\nwhere the framework's time went, in seconds: the median run's fit took {metrics['train_time_s']:.1f} s, the profiled run's {profiled['train_time_s']:.1f} s;")
     print("the phases come from the profiled run, the first row from the median one (its wall time less its fit and test):")
     fit_rest = profiled["train_time_s"] - sum(phases[p] for p in ("training steps", "validation steps", "checkpoint writes", "image grids"))
@@ -277,6 +253,7 @@ def whole_run(args, root: Path, real: bool, device: torch.device, common: list[s
     training = phases["training steps"] / epochs
     per_epoch = (phases["validation steps"] + phases["checkpoint writes"]) / epochs
     print(f"\nper epoch: training steps {training:.2f} s, validation + checkpoint writes {per_epoch:.2f} s ({100 * per_epoch / training:.0f}% of training)")
+    print(f"the bare script's start (Python, imports, MNIST read, model): {bare_wall - bare_epochs:.1f} s")
 
 
 def cpu_model() -> str:
