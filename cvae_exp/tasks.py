@@ -67,10 +67,11 @@ class QuadrantTask(LabelTask):
 
 
 class InpaintTask(QuadrantTask):
-    """A random rectangle of each image is hidden (sides drawn from `min_size`..`max_size`
-    pixels, anywhere in the image); the condition is the image with the hole at -1 and the
-    hole's mask as a second channel, the target the hidden pixels. Validation and test
-    draw their rectangles from a fixed seed per batch, so every epoch sees the same holes."""
+    """A random rectangle of each image is hidden (its height and its width drawn apart from
+    `min_size`..`max_size` pixels, anywhere in the image); the condition is the image with
+    the hole at -1 and the hole's mask as a second channel, the target the hidden pixels.
+    Validation and test draw their rectangles from a fixed seed per batch, so every epoch
+    sees the same holes."""
 
     name = "inpaint"
 
@@ -87,13 +88,15 @@ class InpaintTask(QuadrantTask):
 
     def __call__(self, images, labels, generator=None):
         count, _, height, width = images.shape
-        sides = torch.randint(self.min_size, self.max_size + 1, (count,), generator=generator)
-        corner = lambda side: (torch.rand(count, generator=generator) * (side - sides + 1)).long()  # anywhere the hole fits
-        tops, lefts = corner(height).to(images.device), corner(width).to(images.device)
-        sides = sides.to(images.device)
-        rows, columns = torch.arange(height, device=images.device), torch.arange(width, device=images.device)
-        inside_rows = (rows[None] >= tops[:, None]) & (rows[None] < (tops + sides)[:, None])
-        inside_columns = (columns[None] >= lefts[:, None]) & (columns[None] < (lefts + sides)[:, None])
+
+        def span(length: int) -> torch.Tensor:
+            """Per image, which of `length` rows (or columns) the hole covers."""
+            sides = torch.randint(self.min_size, self.max_size + 1, (count,), generator=generator)
+            starts = (torch.rand(count, generator=generator) * (length - sides + 1)).long()  # anywhere the hole fits
+            positions = torch.arange(length)
+            return ((positions >= starts[:, None]) & (positions < (starts + sides)[:, None])).to(images.device)
+
+        inside_rows, inside_columns = span(height), span(width)
         hole = (inside_rows[:, :, None] & inside_columns[:, None, :])[:, None].float()
         condition = torch.cat([torch.where(hole.bool(), HIDDEN, images), hole], dim=1)
         return condition, hole.expand_as(images)

@@ -370,23 +370,25 @@ def test_quadrant_task_rejects_other_quadrant_counts(observed):
         QuadrantTask(observed)
 
 
-def test_inpaint_task_hides_one_square_per_image():
-    """Each hole is a side x side square inside the image with min_size <= side <= max_size
-    (every side drawn over 300 images); the condition is (image with -1 in the hole, hole
-    mask), the target is the hole, and complete() fills the hole from the prediction."""
+def test_inpaint_task_hides_one_rectangle_per_image():
+    """Each hole is a full height x width rectangle inside the image, its height and width
+    drawn apart from min_size..max_size (every size drawn over 300 images, and not only
+    squares); the condition is (image with -1 in the hole, hole mask), the target is the
+    hole, and complete() fills the hole from the prediction."""
     task = InpaintTask(min_size=3, max_size=9)
     x = images(300, seed=9)
     condition, mask = task(x, torch.zeros(300, dtype=torch.long), torch.Generator().manual_seed(0))
     assert task.condition_shape(IMAGE_SHAPE) == (2, 28, 28) and condition.shape == (300, 2, 28, 28)
     hole = condition[:, 1].numpy()
-    sides = []
-    for index, square in enumerate(hole):
-        rows, columns = np.nonzero(square.any(1))[0], np.nonzero(square.any(0))[0]
-        side = len(rows)
-        assert len(columns) == side and square.sum() == side * side, index  # a full square
-        assert rows[-1] - rows[0] == side - 1 and columns[-1] - columns[0] == side - 1, index  # contiguous
-        sides.append(side)
-    assert set(sides) == set(range(3, 10))
+    heights, widths = [], []
+    for index, rectangle in enumerate(hole):
+        rows, columns = np.nonzero(rectangle.any(1))[0], np.nonzero(rectangle.any(0))[0]
+        assert rectangle.sum() == len(rows) * len(columns), index  # full
+        assert rows[-1] - rows[0] == len(rows) - 1 and columns[-1] - columns[0] == len(columns) - 1, index  # contiguous
+        heights.append(len(rows))
+        widths.append(len(columns))
+    assert set(heights) == set(widths) == set(range(3, 10))
+    assert np.mean(np.array(heights) != np.array(widths)) > 0.5  # about 6/7 of the holes are not square
     assert set(np.unique(hole)) <= {0.0, 1.0}
     assert torch.equal(mask, condition[:, 1:])
     inside = mask.bool()
