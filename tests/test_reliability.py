@@ -99,6 +99,7 @@ BAD_INPUTS = [
     ("train", ["model.latnt_dim=3"], ["latnt_dim"]),
     ("train", ["+trainer.max_epoch=3"], ["trainer.max_epoch", "max_epochs"]),
     ("train", ["model=conv", "model.encoder.channels=[8,16,32]"], ["[1, 28, 28]", "model.encoder.channels", "allows at most 2"]),
+    ("train", ["model=conv", "model.encoder.channels=[]"], ["at least one layer", "model.encoder.channels", "model=mlp"]),
     ("train", ["data=mnist", "data.root={empty_root}"], ["{empty_root}", "data=digits"]),
     ("train", ["ckpt_path=/no/such.ckpt"], ["/no/such.ckpt", "existing checkpoint"]),
     ("train", ["ckpt_path={truncated}"], ["truncated.ckpt", "truncated"]),

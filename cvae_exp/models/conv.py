@@ -15,7 +15,12 @@ def bottleneck_size(image_shape, num_layers: int) -> tuple[int, int]:
     """Spatial size after `num_layers` halvings; ValueError if a side does not divide."""
     _, height, width = image_shape
     factor = 2**num_layers
-    if num_layers < 1 or height % factor or width % factor:
+    if num_layers < 1:
+        raise ValueError(
+            f"a conv network needs at least one layer, and this one has {num_layers}: give model.encoder.channels "
+            f"and model.decoder.channels at least one entry each, or use model=mlp"
+        )
+    if height % factor or width % factor:
         most = next(n for n in range(num_layers, -1, -1) if height % 2**n == 0 and width % 2**n == 0)
         raise ValueError(
             f"a conv network with {num_layers} layers needs image sides divisible by 2**{num_layers} = {factor} "
