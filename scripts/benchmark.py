@@ -189,12 +189,16 @@ def profiled_phases(log: Path) -> dict[str, float]:
     return {phase: sum(totals.get(action, 0.0) for action in actions) for phase, actions in PHASES.items()}
 
 
-def bare_script(cfg: DictConfig, folder: Path, root: Path, epochs: int, limit: int | None, device: torch.device) -> tuple[float, float]:
+def bare_script_config(cfg: DictConfig, path: Path) -> Path:
+    """The nodes of `cfg` that scripts/bare_loop.py builds its model and loop from, resolved."""
+    nodes = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "conditioning", "data", "loss", "optim")}
+    OmegaConf.save(nodes | {"seed": cfg.seed, "trainer": {"precision": cfg.trainer.precision}}, path)
+    return path
+
+
+def bare_script(config: Path, root: Path, epochs: int, limit: int | None, device: torch.device) -> tuple[float, float]:
     """scripts/bare_loop.py as its own process: its wall time from start to exit, and the
     sum of its training epochs."""
-    config = folder / "bare.yaml"
-    nodes = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "conditioning", "data", "loss", "optim")}
-    OmegaConf.save(nodes | {"seed": cfg.seed, "trainer": {"precision": cfg.trainer.precision}}, config)
     command = [sys.executable, str(Path(__file__).with_name("bare_loop.py")), str(config), str(epochs), "--data-root", str(root), "--device", device.type]
     command += ["--limit-batches", str(limit)] if limit else []
     start = time.perf_counter()
@@ -221,10 +225,10 @@ def whole_run(args, root: Path, real: bool, device: torch.device, common: list[s
             datamodule = instantiate(cfg.data)
             datamodule.setup()
             load_or_train(datamodule, cfg.eval.classifier_dir)
-        runs = []
+        runs, bare_config = [], bare_script_config(cfg, folder / "bare.yaml")
         for repeat in range(args.repeats):
             wall, metrics = run_cli(overrides, folder / f"plain{repeat}")
-            bare_wall, bare_epochs = bare_script(cfg, folder, root, epochs, args.limit_batches, device)
+            bare_wall, bare_epochs = bare_script(bare_config, root, epochs, args.limit_batches, device)
             runs.append({"wall": wall, "metrics": metrics, "bare_wall": bare_wall, "bare_epochs": bare_epochs})
             print(f"repeat {repeat + 1}: cvae-train end to end {wall:.1f} s; bare script {bare_wall:.1f} s end to end, "
                   f"{bare_epochs:.1f} s of it training epochs; ratios {wall / bare_epochs:.2f} and {wall / bare_wall:.2f}")
