@@ -11,7 +11,7 @@ coverage (test images inside the samples'). The classifier is a small CNN traine
 the framework on the dataset's official training set on first use (1500 minibatches, at
 most 30 epochs) and cached, with its official test accuracy, a digest of the test split it
 serves and that split's features and k-NN radii (the same every run), in
-eval.classifier_dir (~/.cache/cvae_exp/classifiers/<dataset>.pt, or
+eval.classifier_dir (~/.cache/cvae_exp/classifiers/<dataset>-<digest>.pt, or
 $CVAE_EXP_CACHE/classifiers); our own training loop, a few lines for well under a minute
 of training, where a Lightning run would cost more than the training.
 """
@@ -119,10 +119,10 @@ def load_or_train(datamodule, directory: str) -> tuple[Classifier, dict]:
     """The dataset's classifier cached in `directory` (eval.classifier_dir), trained and cached
     first if missing; with a record of where it is and its test accuracy. A directory that
     cannot be written keeps it in memory for this run."""
-    path = Path(directory).expanduser() / f"{datamodule.name}.pt"
     datamodule.setup("test")
     test_images, test_labels = datamodule.splits["test"]
-    data = fingerprint(test_images, test_labels)  # not the shapes alone: another source may share the name
+    data = fingerprint(test_images, test_labels)  # not the name alone: binarised MNIST, another source may share it
+    path = Path(directory).expanduser() / f"{datamodule.name}-{data[:12]}.pt"  # one file per test split: none overwrites another
     saved = torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else {}
     if saved.get("data") == data and saved["num_classes"] == datamodule.num_classes:
         classifier = Classifier(datamodule.image_shape, datamodule.num_classes)

@@ -179,8 +179,9 @@ def validate(cfg: DictConfig, devices_here: bool = True) -> DictConfig:
     _require(typed.eval.samples_per_class >= 1, "eval.samples_per_class", typed.eval.samples_per_class, "must be an integer >= 1")
     _require(typed.eval.nll_samples >= 0, "eval.nll_samples", typed.eval.nll_samples, "must be an integer >= 0 (importance samples per test image for test/nll; 0: no likelihood estimate)")
     _require(typed.optimized_metric in VAL_METRICS, "optimized_metric", typed.optimized_metric, f"allowed: {' | '.join(VAL_METRICS)}")
+    task = _build_task(typed)
     _check_trainer(trainer, devices_here)
-    model = _build_model(typed)
+    model = _build_model(typed, task)
     from cvae_exp.samplers import require_applicable
 
     require_applicable(model, typed.eval.sampler)
@@ -240,22 +241,35 @@ def _check_callbacks(callbacks: DictConfig) -> None:
             raise UserInputError(f"Invalid config at callbacks.{name}: {cause}. See configs/callbacks/default.yaml for its keys.") from None
 
 
-def _build_model(typed: DictConfig):
-    """Build the task and the network on the declared data shape (milliseconds), so that
-    an architecture, a prior or a task that cannot handle the data fails here, not after
-    data loading."""
-    from cvae_exp.models import build_cvae
+def _build_task(typed: DictConfig):
+    """The task on the declared image shape, before torch's heavier company loads (Lightning),
+    so that a bad `task.*` value is refused in about a second with its own message."""
     from cvae_exp.tasks import LabelTask
 
+    if not typed.task:
+        return LabelTask()
     try:
-        task = instantiate(typed.task) if typed.task else LabelTask()
+        task = instantiate(typed.task)
+        task.condition_shape(tuple(typed.data.image_shape))
+    except Exception as error:  # a task's own check of its arguments
+        cause = error.__cause__ or error
+        raise UserInputError(f"Invalid task config: {cause}. See configs/task/ for each task's keys.") from None
+    return task
+
+
+def _build_model(typed: DictConfig, task):
+    """Build the network on the declared data shape (milliseconds), so that an
+    architecture or a prior that cannot handle the data fails here, not after data loading."""
+    from cvae_exp.models import build_cvae
+
+    try:
         return build_cvae(typed.model, typed.conditioning, typed.prior, task, typed.data)
     except Exception as error:  # any constructor error is a config error here
         cause = error.__cause__ or error
         raise UserInputError(
             f"The model config cannot be built for data {typed.data.name} with image shape "
-            f"{list(typed.data.image_shape)}: {cause}. Change the task (configs/task/), the prior "
-            f"(configs/prior/) or model.encoder / model.decoder (configs/model/), or choose another model."
+            f"{list(typed.data.image_shape)}: {cause}. Change the prior (configs/prior/) or "
+            f"model.encoder / model.decoder (configs/model/), or choose another model."
         ) from None
 
 
@@ -301,7 +315,7 @@ def composition_error(error: Exception, overrides: Sequence[str]) -> UserInputEr
     lines = str(error).split("Config search path:")[0].split("To append to your config")[0].splitlines()
     text = " ".join(line.strip() for line in lines if line.strip())
     if text.startswith("Could not override"):
-        text = f"{text.removesuffix('.')}: no such key in the config (`cvae-train --cfg job` prints them all)"
+        text = f"{text.removesuffix('.')}: no such key in the config (`cvae-train --cfg job` prints them all; `+key=value` adds a key the config lacks, such as another lightning.Trainer argument: +trainer.limit_train_batches=10)"
     if "Available options in" in text:
         head, options = text.split("Available options in", 1)
         group, names = options.split(":", 1)

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nll-samples", type=int, help="importance samples per test image for test/nll (0: none)")
     parser.add_argument("--sampler", choices=SAMPLERS, help="where generated images draw z from (prior: the run's p(z|c); gmm, flow: fitted per class, saved in <run dir>/samplers/) [the run's eval.sampler]")
     parser.add_argument("--data-root", help="where the dataset lives, if not where the run found it")
-    parser.add_argument("--seed", type=int, default=42, help="seed of the sampling")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the sampling [42]")
     parser.add_argument("--out", type=Path, help="the JSON file to write [<run dir>/eval.json]")
     args = parser.parse_args(argv)
     try:

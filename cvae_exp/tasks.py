@@ -83,7 +83,7 @@ class InpaintTask(QuadrantTask):
     def condition_shape(self, image_shape):
         channels, height, width = image_shape
         if self.max_size > min(height, width):
-            raise ValueError(f"task.max_size={self.max_size} does not fit in the {height}x{width} images")
+            raise ValueError(f"task.max_size={self.max_size} does not fit in the {height}x{width} images; allowed: at most {min(height, width)}")
         return (channels + 1, height, width)
 
     def __call__(self, images, labels, generator=None):
@@ -122,7 +122,8 @@ class SuperresTask(LabelTask):
     def condition_shape(self, image_shape):
         channels, height, width = image_shape
         if height % self.factor or width % self.factor:
-            raise ValueError(f"task.factor={self.factor} does not divide the {height}x{width} images")
+            allowed = [factor for factor in range(2, min(height, width) + 1) if height % factor == 0 == width % factor]
+            raise ValueError(f"task.factor={self.factor} does not divide the {height}x{width} images; allowed: {', '.join(map(str, allowed))}")
         return (channels, height // self.factor, width // self.factor)
 
     def __call__(self, images, labels, generator=None):

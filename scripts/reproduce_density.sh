@@ -19,13 +19,19 @@ python - "$run_dir" <<'PY'
 import json, sys
 from pathlib import Path
 
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from cvae_exp.eval import trained
 
 run = Path(sys.argv[1])
-print("| train_min | steps | test nll | test neg_elbo |\n|---|---|---|---|")
-for path in sorted((run / "checkpoints" / "periodic").glob("*.json")):
+points = sorted((run / "checkpoints" / "periodic").glob("*.json"))
+if points:
+    print("| train_min | steps | test nll | test neg_elbo |\n|---|---|---|---|")
+else:
+    interval = instantiate(OmegaConf.load(run / ".hydra" / "config.yaml").callbacks.periodic_checkpoint.train_time_interval)
+    print(f"no curve: the run trained for less than one checkpoint interval ({interval} h:mm:ss), so it wrote no periodic checkpoints")
+for path in points:
     point = json.loads(path.read_text())
     print(f"| {point['train_time_s'] / 60:.1f} | {point['steps']} | {point['test']['nll']:.2f} | {point['test']['neg_elbo']:.2f} |")
 final = json.loads((run / "metrics.json").read_text())  # cvae-train's test of the best checkpoint, with the run's eval.nll_samples

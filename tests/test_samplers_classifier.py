@@ -132,7 +132,8 @@ def test_classifier_metrics_match_numpy_and_known_labels():
 
 def test_a_cached_classifier_serves_only_the_data_it_was_trained_for(tmp_path, compose_train, monkeypatch):
     """The cache is keyed by the dataset's name and a digest of its test split: other data under
-    the same name (random stand-ins, another root) trains its own classifier."""
+    the same name (binarised images, another root) trains its own classifier into a file of its
+    own, and the first one stays cached."""
     monkeypatch.setattr(classifier_module, "CLASSIFIER_STEPS", 5)
     datamodule = instantiate(compose_train(["data=digits"]).data)
     _, first = load_or_train(datamodule, str(tmp_path))
@@ -142,7 +143,10 @@ def test_a_cached_classifier_serves_only_the_data_it_was_trained_for(tmp_path, c
     images, labels = datamodule.splits["test"]
     datamodule.splits["test"] = (255 - images, labels)
     _, other = load_or_train(datamodule, str(tmp_path))
-    assert Path(other["path"]).stat().st_mtime_ns != written
+    assert other["path"] != first["path"] and Path(other["path"]).is_file()
+    datamodule.splits["test"] = (images, labels)
+    _, back = load_or_train(datamodule, str(tmp_path))
+    assert back == first and Path(first["path"]).stat().st_mtime_ns == written
 
 
 @pytest.mark.filterwarnings("ignore:Matrix is singular")
