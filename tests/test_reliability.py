@@ -86,7 +86,7 @@ BAD_INPUTS = [
     ("train", ["eval.nll_samples=-1"], ["eval.nll_samples=-1", ">= 0"]),
     ("train", ["task=quadrants", "task.observed=4"], ["task.observed=4", "1, 2 or 3"]),
     ("train", ["task=superres", "task.factor=3"], ["task.factor=3", "28x28", "allowed: 2, 4, 7, 14, 28", "configs/task/"]),
-    ("train", ["task=inpaint", "task.max_size=40"], ["task.max_size=40", "28x28"]),
+    ("train", ["task=inpaint", "task.max_size=40"], ["task.max_size=40", "28x28", "allowed: at most 28"]),
     ("train", ["task=quadrants", "optimized_metric=val/ssim"], ["optimized_metric='val/ssim'", "label task"]),
     ("train", ["task=colorize"], ["colorize", "quadrants"]),
     ("train", ["prior=mixture", "prior.num_components=0"], ["prior.num_components=0", ">= 1"]),
