@@ -79,6 +79,7 @@ class OptimConfig:
     _partial_: bool = True
     lr: float = 1e-3
     weight_decay: float = 0.0
+    fused: Optional[bool] = None  # configs/train.yaml sets it; `~optim.fused` drops it for an optimizer without it
 
 
 @dataclass
@@ -182,6 +183,7 @@ def validate(cfg: DictConfig, devices_here: bool = True) -> DictConfig:
     task = _build_task(typed)
     _check_trainer(trainer, devices_here)
     model = _build_model(typed, task)
+    _check_optimizer(cfg.optim, model)  # as the module builds it: `~optim.fused` leaves it out
     from cvae_exp.samplers import require_applicable
 
     require_applicable(model, typed.eval.sampler)
@@ -239,6 +241,20 @@ def _check_callbacks(callbacks: DictConfig) -> None:
         except Exception as error:
             cause = error.__cause__ or error
             raise UserInputError(f"Invalid config at callbacks.{name}: {cause}. See configs/callbacks/default.yaml for its keys.") from None
+
+
+def _check_optimizer(optim: DictConfig, model) -> None:
+    """The optimizer must construct over the model's parameters (milliseconds), so that a
+    `_target_` or an argument it does not take fails here, not when training starts."""
+    try:
+        instantiate(optim)(model.parameters())
+    except Exception as error:  # a bad class path or keyword
+        cause = error.__cause__ or error
+        raise UserInputError(
+            f"Invalid config at optim: {cause}. optim._target_ names a torch.optim class and the other keys are its "
+            f"arguments (configs/train.yaml); optim.fused needs one that has a fused step (Adam, AdamW, SGD, "
+            f"Adagrad): leave it out for another with ~optim.fused."
+        ) from None
 
 
 def _build_task(typed: DictConfig):

@@ -1,6 +1,6 @@
 """The baseline of scripts/benchmark.py: the script one would write instead of cvae-train.
 
-`PlainLoop` trains the CVAE that a config describes with plain Adam on the same objective,
+`PlainLoop` trains the CVAE that a config describes with the config's optimizer on the same objective,
 over uint8 tensors on the device: no validation, checkpoints, logging or test. benchmark.py
 times its epochs in its own process; `--whole-run` also runs this file as a process of its
 own, as a hand-written script runs (Python's start, imports of torch and torchvision,
@@ -33,7 +33,7 @@ def now(device: torch.device) -> float:
 
 
 class PlainLoop:
-    """Plain Adam on the objective over `batches()` (one iterable per epoch), with the
+    """The config's optimizer on the objective over `batches()` (one iterable per epoch), with the
     CVAE built as CVAEModule builds it; `epoch()` trains one epoch and records its time."""
 
     def __init__(self, cfg: DictConfig, batches, device: torch.device):
@@ -41,7 +41,7 @@ class PlainLoop:
         self.model = instantiate(
             cfg.model, conditioning=instantiate(cfg.conditioning), image_shape=list(cfg.data.image_shape), num_classes=cfg.data.num_classes
         ).to(device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.optimizer = instantiate(cfg.optim)(self.model.parameters())  # the config's, as the framework's
         self.objective = Objective(**cfg.loss)
         self.bf16 = cfg.trainer.precision == "bf16-mixed"
         self.batches, self.device, self.times = batches, device, []

@@ -3,7 +3,7 @@ the torchvision DataLoader pipeline most CVAE code uses, on MNIST-shaped data.
 
 The framework path is what `cvae-train` builds (`cvae_exp.train.build` on the composed
 config, default checkpoints and logger included); the other paths train the same CVAE on
-the same objective with plain Adam. Every path runs one warm-up epoch, then `--epochs`
+the same objective with the config's optimizer. Every path runs one warm-up epoch, then `--epochs`
 timed ones; their epochs alternate (framework, bare, pipelines, framework, ...) so that
 all paths see the same drift of a noisy machine. Real MNIST is read when `<data-root>/MNIST/raw/` holds its four files;
 otherwise random uint8 images of its shape (60k train / 10k test) stand in, since the

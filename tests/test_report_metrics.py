@@ -18,6 +18,7 @@ from cvae_exp.metrics import (
     simplified_fid,
     ssim_per_image,
 )
+from cvae_exp.metrics.report import _window_means
 
 
 def skimage_ssim(orig: np.ndarray, recon: np.ndarray) -> np.ndarray:
@@ -79,6 +80,18 @@ def test_ssim_non_square_images_match_skimage():
     recon = np.clip(orig.astype(int) + rng.integers(-30, 30, orig.shape), 0, 255).astype(np.uint8)
     got = ssim_per_image(torch.from_numpy(orig), torch.from_numpy(recon))
     np.testing.assert_allclose(got.numpy(), skimage_ssim(orig, recon), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("height, width", [(7, 7), (8, 13), (28, 28)])
+def test_window_means_are_exact_window_averages(height, width):
+    """The running-sum box filter against numpy's explicit 7x7 windows, on 8-bit squares
+    (the largest sums SSIM takes): equal to the last bit, down to a one-window image."""
+    rng = np.random.default_rng(height * width)
+    images = rng.integers(0, 256, (3, 2, height, width)).astype(np.float64) ** 2
+    windows = np.lib.stride_tricks.sliding_window_view(images, (7, 7), axis=(2, 3))
+    got = _window_means(torch.from_numpy(images))
+    assert got.shape == (3, 2, height - 6, width - 6)
+    np.testing.assert_array_equal(got.numpy(), windows.sum(axis=(-2, -1)) / 49)
 
 
 def test_ssim_identical_images_is_one(digit_pairs):
