@@ -79,7 +79,6 @@ class OptimConfig:
     _partial_: bool = True
     lr: float = 1e-3
     weight_decay: float = 0.0
-    fused: Optional[bool] = None  # configs/train.yaml sets it; `~optim.fused` drops it for an optimizer without it
 
 
 @dataclass
@@ -148,7 +147,9 @@ def validate(cfg: DictConfig, devices_here: bool = True) -> DictConfig:
     `devices_here=False` skips the check that the accelerator exists on this machine,
     for configs that run elsewhere (a SLURM job composed on a login node, --cfg)."""
     try:
-        typed = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg)
+        schema = OmegaConf.structured(TrainConfig)
+        OmegaConf.set_struct(schema.optim, False)  # other torch.optim arguments: +optim.momentum=0.9
+        typed = OmegaConf.merge(schema, cfg)
         OmegaConf.resolve(typed)
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or "?"
@@ -183,7 +184,7 @@ def validate(cfg: DictConfig, devices_here: bool = True) -> DictConfig:
     task = _build_task(typed)
     _check_trainer(trainer, devices_here)
     model = _build_model(typed, task)
-    _check_optimizer(cfg.optim, model)  # as the module builds it: `~optim.fused` leaves it out
+    _check_optimizer(typed.optim, model)
     from cvae_exp.samplers import require_applicable
 
     require_applicable(model, typed.eval.sampler)
@@ -252,8 +253,7 @@ def _check_optimizer(optim: DictConfig, model) -> None:
         cause = error.__cause__ or error
         raise UserInputError(
             f"Invalid config at optim: {cause}. optim._target_ names a torch.optim class and the other keys are its "
-            f"arguments (configs/train.yaml); optim.fused needs one that has a fused step (Adam, AdamW, SGD, "
-            f"Adagrad): leave it out for another with ~optim.fused."
+            f"arguments (configs/train.yaml); `+optim.key=value` adds one the config lacks."
         ) from None
 
 

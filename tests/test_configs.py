@@ -33,23 +33,11 @@ def test_every_group_has_options():
         ["data=mnist", "model=conv", "conditioning=none"],
         ["logger=[tensorboard,csv]"],
         ["+trainer.gradient_clip_val=1.0"],
-        ["optim._target_=torch.optim.RMSprop", "~optim.fused"],  # an optimizer without a fused step
+        ["optim._target_=torch.optim.SGD", "+optim.momentum=0.9"],
     ],
 )
 def test_user_overrides_validate(compose_train, overrides):
     validate(compose_train(overrides))
-
-
-def test_adam_steps_fused_by_default(compose_train):
-    """configs/train.yaml's Adam takes one fused step over all parameters; `~optim.fused`
-    leaves the argument out, as an optimizer without it needs."""
-    import torch
-    from hydra.utils import instantiate
-
-    parameters = [torch.nn.Parameter(torch.zeros(3))]
-    assert instantiate(compose_train([]).optim)(parameters).defaults["fused"] is True
-    rmsprop = compose_train(["optim._target_=torch.optim.RMSprop", "~optim.fused"]).optim
-    assert "fused" not in rmsprop and isinstance(instantiate(rmsprop)(parameters), torch.optim.RMSprop)
 
 
 def test_report_experiments_match_the_protocol(compose_train):

@@ -89,7 +89,7 @@ BAD_INPUTS = [
     ("train", ["task=inpaint", "task.max_size=40"], ["task.max_size=40", "28x28", "allowed: at most 28"]),
     ("train", ["task=quadrants", "optimized_metric=val/ssim"], ["optimized_metric='val/ssim'", "label task"]),
     ("train", ["task=colorize"], ["colorize", "quadrants"]),
-    ("train", ["optim._target_=torch.optim.RMSprop"], ["optim", "unexpected keyword argument 'fused'", "~optim.fused"]),
+    ("train", ["optim._target_=torch.optim.SGD", "+optim.momentum=-1"], ["optim", "momentum", "torch.optim class"]),
     ("train", ["optim._target_=torch.optim.Nadamm"], ["optim", "Nadamm", "torch.optim class"]),
     ("train", ["prior=mixture", "prior.num_components=0"], ["prior.num_components=0", ">= 1"]),
     ("train", ["+trainer.max_time=abc"], ["trainer.max_time='abc'", "DD:HH:MM:SS"]),
