@@ -123,7 +123,7 @@ class CVAEModule(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         """val/mse over the target pixels of the whole split; for the label task val/ssim,
         the grader's SSIM (8-bit, 7x7 window, equal to skimage's), over its first
-        `eval.val_ssim_images` images: on a CPU SSIM costs about 3x the forward pass, and
+        `eval.val_ssim_images` images: on a CPU SSIM costs about 2x the forward pass, and
         every epoch pays for it (scripts/benchmark.py)."""
         images, condition, mask = self._split(batch, batch_idx)
         reconstructions = self._evaluate(images, condition, mask, "val")
