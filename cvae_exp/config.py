@@ -182,9 +182,9 @@ def validate(cfg: DictConfig, devices_here: bool = True) -> DictConfig:
     _require(typed.eval.nll_samples >= 0, "eval.nll_samples", typed.eval.nll_samples, "must be an integer >= 0 (importance samples per test image for test/nll; 0: no likelihood estimate)")
     _require(typed.optimized_metric in VAL_METRICS, "optimized_metric", typed.optimized_metric, f"allowed: {' | '.join(VAL_METRICS)}")
     task = _build_task(typed)
-    _check_trainer(trainer, devices_here)
     model = _build_model(typed, task)
     _check_optimizer(typed.optim, model)
+    _check_trainer(trainer, devices_here)
     from cvae_exp.samplers import require_applicable
 
     require_applicable(model, typed.eval.sampler)
@@ -250,9 +250,10 @@ def _check_optimizer(optim: DictConfig, model) -> None:
     try:
         instantiate(optim)(model.parameters())
     except Exception as error:  # a bad class path or keyword
-        cause = error.__cause__ or error
+        cause = " ".join(line.strip() for line in str(error.__cause__ or error).splitlines() if line.strip())  # Hydra's is several lines
+        cause = cause if cause.endswith("?") else cause.rstrip(".") + "."
         raise UserInputError(
-            f"Invalid config at optim: {cause}. optim._target_ names a torch.optim class and the other keys are its "
+            f"Invalid config at optim: {cause} optim._target_ names a torch.optim class and the other keys are its "
             f"arguments (configs/train.yaml); `+optim.key=value` adds one the config lacks."
         ) from None
 
