@@ -18,4 +18,5 @@ start=$(date +%s)
 cvae-train -m experiment=report_genmodel "table3=$rows" \
     hydra.sweep.dir="$sweep_dir" callbacks.progress_bar.refresh_rate=0 "$@"
 cvae-table "$sweep_dir"
-echo "total wall time: $(( ($(date +%s) - start) / 60 )) min; table in $sweep_dir/table.md"
+elapsed=$(( $(date +%s) - start ))
+echo "total wall time: $(( elapsed / 60 )) min $(( elapsed % 60 )) s; table in $sweep_dir/table.md"

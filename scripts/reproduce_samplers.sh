@@ -22,4 +22,5 @@ for run in report report_var0.05 score_max; do
     done
 done
 python "$(dirname "$0")/sampler_table.py" "$study"
-echo "total wall time: $(( ($(date +%s) - start) / 60 )) min; table in $study/table.md"
+elapsed=$(( $(date +%s) - start ))
+echo "total wall time: $(( elapsed / 60 )) min $(( elapsed % 60 )) s; table in $study/table.md"

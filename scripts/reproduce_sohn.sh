@@ -15,4 +15,5 @@ start=$(date +%s)
 cvae-train -m experiment=sohn_quadrants task.observed=1,2,3 prior=none,conditional \
     hydra.sweep.dir="$sweep_dir" callbacks.progress_bar.refresh_rate=0 "$@"
 cvae-table "$sweep_dir"
-echo "total wall time: $(( ($(date +%s) - start) / 60 )) min; table in $sweep_dir/table.md"
+elapsed=$(( $(date +%s) - start ))
+echo "total wall time: $(( elapsed / 60 )) min $(( elapsed % 60 )) s; table in $sweep_dir/table.md"
