@@ -240,8 +240,14 @@ def _check_callbacks(callbacks: DictConfig) -> None:
         try:
             instantiate(callback)
         except Exception as error:
-            cause = error.__cause__ or error
-            raise UserInputError(f"Invalid config at callbacks.{name}: {cause}. See configs/callbacks/default.yaml for its keys.") from None
+            raise UserInputError(f"Invalid config at callbacks.{name}: {_constructor_error(error)} See configs/callbacks/default.yaml for its keys.") from None
+
+
+def _constructor_error(error: Exception) -> str:
+    """What a constructor called through `instantiate` objected to, as one sentence:
+    Hydra wraps it (the cause) and spreads a class it cannot load over three lines."""
+    text = " ".join(line.strip() for line in str(error.__cause__ or error).splitlines() if line.strip())
+    return text if text.endswith("?") else text.rstrip(".") + "."
 
 
 def _check_optimizer(optim: DictConfig, model) -> None:
@@ -250,10 +256,8 @@ def _check_optimizer(optim: DictConfig, model) -> None:
     try:
         instantiate(optim)(model.parameters())
     except Exception as error:  # a bad class path or keyword
-        cause = " ".join(line.strip() for line in str(error.__cause__ or error).splitlines() if line.strip())  # Hydra's is several lines
-        cause = cause if cause.endswith("?") else cause.rstrip(".") + "."
         raise UserInputError(
-            f"Invalid config at optim: {cause} optim._target_ names a torch.optim class and the other keys are its "
+            f"Invalid config at optim: {_constructor_error(error)} optim._target_ names a torch.optim class and the other keys are its "
             f"arguments (configs/train.yaml); `+optim.key=value` adds one the config lacks."
         ) from None
 
@@ -270,8 +274,7 @@ def _build_task(typed: DictConfig):
         task = instantiate(typed.task)
         task.condition_shape(tuple(typed.data.image_shape))
     except Exception as error:  # a task's own check of its arguments
-        cause = error.__cause__ or error
-        raise UserInputError(f"Invalid task config: {cause}. See configs/task/ for each task's keys.") from None
+        raise UserInputError(f"Invalid task config: {_constructor_error(error)} See configs/task/ for each task's keys.") from None
     return task
 
 
@@ -283,10 +286,9 @@ def _build_model(typed: DictConfig, task):
     try:
         return build_cvae(typed.model, typed.conditioning, typed.prior, task, typed.data)
     except Exception as error:  # any constructor error is a config error here
-        cause = error.__cause__ or error
         raise UserInputError(
             f"The model config cannot be built for data {typed.data.name} with image shape "
-            f"{list(typed.data.image_shape)}: {cause}. Change the prior (configs/prior/) or "
+            f"{list(typed.data.image_shape)}: {_constructor_error(error)} Change the prior (configs/prior/) or "
             f"model.encoder / model.decoder (configs/model/), or choose another model."
         ) from None
 

@@ -68,6 +68,11 @@ def test_report_experiments_match_the_protocol(compose_train):
         (["seed=-1"], "seed=-1"),
         (["ckpt_path=/no/such.ckpt"], "ckpt_path='/no/such.ckpt'"),
         (["model=conv", "model.encoder.channels=[8,16,32]"], "image shape [1, 28, 28]"),
+        # a class Hydra cannot load: its three-line message joined into the paragraph
+        (["callbacks.lr_monitor._target_=lightning.pytorch.callbacks.Nope"], "callbacks.lr_monitor: Error loading 'lightning.pytorch.callbacks.Nope'"),
+        (["task=superres", "task._target_=cvae_exp.tasks.Nope"], "Invalid task config: Error loading 'cvae_exp.tasks.Nope'"),
+        (["model.encoder._target_=cvae_exp.models.Nope"], "Error loading 'cvae_exp.models.Nope'"),
+        (["optim._target_=torch.optim.Nadamm"], "optim: Error loading 'torch.optim.Nadamm'"),
     ],
 )
 def test_invalid_values_name_the_key_and_the_allowed_values(compose_train, overrides, named):
