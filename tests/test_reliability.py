@@ -15,6 +15,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.demos.boring_classes import BoringModel
 
 from cvae_exp import eval as evaluate
 from cvae_exp import sample, table, train
@@ -245,6 +246,29 @@ def test_a_copied_run_resumes_in_its_own_checkpoints(tmp_path, trained_run):
     assert torch.load(copy / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 2
     again = run_cli(f"resume={copy}", "trainer.max_epochs=3", cwd=tmp_path)
     assert again.returncode == 2 and "is finished after 3 epochs" in again.stderr
+
+
+class ScriptedValidationLoss(BoringModel):
+    """Logs val/loss from a script, one value per epoch."""
+
+    def __init__(self, losses: list[float]):
+        super().__init__()
+        self.losses = losses
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/loss", self.losses[self.current_epoch])
+
+
+def test_last_ckpt_is_the_last_epoch_when_it_is_not_the_best(compose_train, tmp_path):
+    """The default callbacks keep the best epoch and, in last.ckpt, the last one, which
+    `resume=` continues from; Lightning's own save_last kept a copy of the best."""
+    cfg = compose_train()
+    callbacks = [instantiate(cfg.callbacks[name], dirpath=str(tmp_path)) for name in ("model_checkpoint", "last_checkpoint")]
+    trainer = L.Trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=1, logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)
+    trainer.fit(ScriptedValidationLoss([3.0, 1.0, 2.0]))
+    assert sorted(path.name for path in tmp_path.glob("*.ckpt")) == ["epoch_001.ckpt", "last.ckpt"]
+    assert trainer.checkpoint_callback.best_model_path == str(tmp_path / "epoch_001.ckpt")
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["epoch"] == 2
 
 
 def test_a_copied_or_moved_run_evaluates_itself(tmp_path, trained_run, monkeypatch, capsys):
