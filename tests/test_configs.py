@@ -1,5 +1,6 @@
 """Every option of every config group composes and validates; bad values fail clearly."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,10 @@ def test_table3_rows_override_the_report_experiment(compose_train, row):
     assert f"e{cfg.trainer.max_epochs}" == epochs and f"z{cfg.model.latent_dim}" == latent
     assert cfg.optim.lr == float(lr.removeprefix("lr")) and cfg.reference.score > 0
     assert cfg.data.batch_size == 1024 and cfg.data.name == "mnist"
+
+
+def test_the_table3_script_runs_every_row_once():
+    """scripts/reproduce_report.sh names its rows in a chosen order; none may be missed."""
+    script = (Path(CONFIG_DIR).parent / "scripts" / "reproduce_report.sh").read_text()
+    named = re.findall(r"\brow\d\d_e\d+_z\d+_lr[0-9.e-]+\b", script)
+    assert sorted(named) == [option for group, option in OPTIONS if group == "table3"]
