@@ -181,10 +181,11 @@ def validate(cfg: DictConfig, devices_here: bool = True) -> DictConfig:
     _require(typed.eval.samples_per_class >= 1, "eval.samples_per_class", typed.eval.samples_per_class, "must be an integer >= 1")
     _require(typed.eval.nll_samples >= 0, "eval.nll_samples", typed.eval.nll_samples, "must be an integer >= 0 (importance samples per test image for test/nll; 0: no likelihood estimate)")
     _require(typed.optimized_metric in VAL_METRICS, "optimized_metric", typed.optimized_metric, f"allowed: {' | '.join(VAL_METRICS)}")
+    precision, accelerator = _check_trainer_values(trainer)
     task = _build_task(typed)
     model = _build_model(typed, task)
     _check_optimizer(typed.optim, model)
-    _check_trainer(trainer, devices_here)
+    _check_trainer(trainer, precision, accelerator, devices_here)
     from cvae_exp.samplers import require_applicable
 
     require_applicable(model, typed.eval.sampler)
@@ -197,7 +198,8 @@ def validate(cfg: DictConfig, devices_here: bool = True) -> DictConfig:
     return cfg
 
 
-def _check_trainer(trainer: DictConfig, devices_here: bool) -> None:
+def _check_trainer_values(trainer: DictConfig) -> tuple[str, str]:
+    """The trainer values checked without torch or Lightning: (precision, accelerator)."""
     precision = str(trainer.get("precision", "32-true"))
     _require(precision in PRECISIONS, "trainer.precision", precision, f"allowed: {' | '.join(PRECISIONS)}")
     max_epochs = trainer.get("max_epochs")
@@ -209,8 +211,12 @@ def _check_trainer(trainer: DictConfig, devices_here: bool) -> None:
     )
     accelerator = str(trainer.get("accelerator", "auto"))
     _require(accelerator in ACCELERATORS, "trainer.accelerator", accelerator, f"allowed: {' | '.join(ACCELERATORS)}")
+    return precision, accelerator
 
-    import lightning as L  # the checks below need torch and Lightning
+
+def _check_trainer(trainer: DictConfig, precision: str, accelerator: str, devices_here: bool) -> None:
+    """The trainer's keys are Trainer arguments, and its accelerator and precision exist here."""
+    import lightning as L  # these checks need torch and Lightning
     import torch
 
     allowed = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", "callbacks", "logger"}

@@ -1,6 +1,8 @@
 """Every option of every config group composes and validates; bad values fail clearly."""
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,3 +114,19 @@ def test_the_table3_script_runs_every_row_once():
     script = (Path(CONFIG_DIR).parent / "scripts" / "reproduce_report.sh").read_text()
     named = re.findall(r"\brow\d\d_e\d+_z\d+_lr[0-9.e-]+\b", script)
     assert sorted(named) == [option for group, option in OPTIONS if group == "table3"]
+
+
+@pytest.mark.parametrize("override", ["trainer.max_epochs=-1", "+trainer.max_time=1h", "trainer.precision=64", "model.latent_dim=0", "optim.lr=-1"])
+def test_config_ranges_are_refused_before_torch_loads(tmp_path, override):
+    """A value the config alone can refuse costs no torch or Lightning import (seconds)."""
+    code = (
+        "import sys\n"
+        "from cvae_exp.config import compose_train, validate\n"
+        "from cvae_exp.errors import UserInputError\n"
+        f"cfg = compose_train([{override!r}], {str(tmp_path)!r})\n"
+        "try:\n    validate(cfg)\nexcept UserInputError as error:\n    print('refused:', error)\n"
+        "print('torch loaded:', 'torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    key = override.split("=")[0].lstrip("+")
+    assert f"refused: Invalid config value {key}=" in result.stdout and "torch loaded: False" in result.stdout, result.stdout
