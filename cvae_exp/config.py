@@ -182,16 +182,18 @@ def validate(cfg: DictConfig, devices_here: bool = True) -> DictConfig:
     _require(typed.eval.nll_samples >= 0, "eval.nll_samples", typed.eval.nll_samples, "must be an integer >= 0 (importance samples per test image for test/nll; 0: no likelihood estimate)")
     _require(typed.optimized_metric in VAL_METRICS, "optimized_metric", typed.optimized_metric, f"allowed: {' | '.join(VAL_METRICS)}")
     precision, accelerator = _check_trainer_values(trainer)
+    monitored = [("optimized_metric", typed.optimized_metric)] + _callback_monitors(typed.callbacks or {})
+    _check_device(precision, accelerator, devices_here)
     task = _build_task(typed)
     model = _build_model(typed, task)
     _check_optimizer(typed.optim, model)
-    _check_trainer(trainer, precision, accelerator, devices_here)
     from cvae_exp.samplers import require_applicable
 
     require_applicable(model, typed.eval.sampler)
     if not model.labels_condition:
-        for key, metric in [("optimized_metric", typed.optimized_metric)] + [(f"callbacks.{name}.monitor", c.get("monitor")) for name, c in (typed.callbacks or {}).items() if isinstance(c, DictConfig)]:
+        for key, metric in monitored:
             _require(metric != "val/ssim", key, metric, "val/ssim is the label task's metric; an image-conditioned task logs val/loss, val/recon, val/kl and val/mse (over its target pixels)")
+    _check_trainer_arguments(trainer)
     _check_callbacks(typed.callbacks or {})
     if typed.ckpt_path is not None:
         _check_checkpoint(typed.ckpt_path, model, trainer.max_epochs)
@@ -214,15 +216,10 @@ def _check_trainer_values(trainer: DictConfig) -> tuple[str, str]:
     return precision, accelerator
 
 
-def _check_trainer(trainer: DictConfig, precision: str, accelerator: str, devices_here: bool) -> None:
-    """The trainer's keys are Trainer arguments, and its accelerator and precision exist here."""
-    import lightning as L  # these checks need torch and Lightning
+def _check_device(precision: str, accelerator: str, devices_here: bool) -> None:
+    """The accelerator exists on this machine, and float16 does not train on a CPU (torch only)."""
     import torch
 
-    allowed = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", "callbacks", "logger"}
-    for key in trainer:
-        if key != "_target_":
-            _require(key in allowed, f"trainer.{key}", trainer[key], f"is not a lightning.Trainer argument; allowed: {', '.join(sorted(allowed))}")
     available = {"auto": True, "cpu": True, "gpu": torch.cuda.is_available() or torch.backends.mps.is_available(),
                  "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     _require(
@@ -236,13 +233,30 @@ def _check_trainer(trainer: DictConfig, precision: str, accelerator: str, device
     )
 
 
+def _check_trainer_arguments(trainer: DictConfig) -> None:
+    """The trainer's keys are lightning.Trainer arguments (the only check that waits for Lightning's import)."""
+    import lightning as L
+
+    allowed = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", "callbacks", "logger"}
+    for key in trainer:
+        if key != "_target_":
+            _require(key in allowed, f"trainer.{key}", trainer[key], f"is not a lightning.Trainer argument; allowed: {', '.join(sorted(allowed))}")
+
+
+def _callback_monitors(callbacks: DictConfig) -> list[tuple[str, str]]:
+    """(key, metric) of each callback's monitor, each a metric the module logs: checked on
+    the config alone, so that a typo is refused before torch loads, not after the first epoch."""
+    monitors = [(f"callbacks.{name}.monitor", callback.get("monitor")) for name, callback in callbacks.items() if isinstance(callback, DictConfig)]
+    monitors = [(key, metric) for key, metric in monitors if metric is not None]
+    for key, metric in monitors:
+        _require(metric in MONITORABLE, key, metric, f"allowed: {' | '.join(MONITORABLE)}")
+    return monitors
+
+
 def _check_callbacks(callbacks: DictConfig) -> None:
-    """Each callback must construct (milliseconds, nothing written) and monitor a metric
-    the module logs, so that a typo fails here and not after the first epoch."""
+    """Each callback must construct (milliseconds, nothing written), so that a bad argument
+    fails here and not when training starts."""
     for name, callback in callbacks.items():
-        monitor = callback.get("monitor") if isinstance(callback, DictConfig) else None
-        if monitor is not None:
-            _require(monitor in MONITORABLE, f"callbacks.{name}.monitor", monitor, f"allowed: {' | '.join(MONITORABLE)}")
         try:
             instantiate(callback)
         except Exception as error:
@@ -269,7 +283,7 @@ def _check_optimizer(optim: DictConfig, model) -> None:
 
 
 def _build_task(typed: DictConfig):
-    """The task, checked on the declared image shape before `_check_trainer` imports
+    """The task, checked on the declared image shape before `_check_trainer_arguments` imports
     Lightning, so that a bad `task.*` value is refused with its own message in the time of
     torch's import (about 3 s in all on a small CPU), not Lightning's."""
     from cvae_exp.tasks import LabelTask

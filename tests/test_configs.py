@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from cvae_exp.config import validate
@@ -116,17 +117,30 @@ def test_the_table3_script_runs_every_row_once():
     assert sorted(named) == [option for group, option in OPTIONS if group == "table3"]
 
 
-@pytest.mark.parametrize("override", ["trainer.max_epochs=-1", "+trainer.max_time=1h", "trainer.precision=64", "model.latent_dim=0", "optim.lr=-1"])
-def test_config_ranges_are_refused_before_torch_loads(tmp_path, override):
-    """A value the config alone can refuse costs no torch or Lightning import (seconds)."""
+def refused_in_a_fresh_process(override: str, tmp_path: Path, module: str) -> str:
+    """What validating `override` prints in a new interpreter: the refusal, and whether
+    `module` was imported by then."""
     code = (
         "import sys\n"
         "from cvae_exp.config import compose_train, validate\n"
         "from cvae_exp.errors import UserInputError\n"
         f"cfg = compose_train([{override!r}], {str(tmp_path)!r})\n"
         "try:\n    validate(cfg)\nexcept UserInputError as error:\n    print('refused:', error)\n"
-        "print('torch loaded:', 'torch' in sys.modules)\n"
+        f"print('loaded:', {module!r} in sys.modules)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.parametrize("override", ["trainer.max_epochs=-1", "+trainer.max_time=1h", "trainer.precision=64", "model.latent_dim=0", "optim.lr=-1", "callbacks.model_checkpoint.monitor=val/los"])
+def test_config_ranges_are_refused_before_torch_loads(tmp_path, override):
+    """A value the config alone can refuse costs no torch or Lightning import (seconds)."""
+    output = refused_in_a_fresh_process(override, tmp_path, "torch")
     key = override.split("=")[0].lstrip("+")
-    assert f"refused: Invalid config value {key}=" in result.stdout and "torch loaded: False" in result.stdout, result.stdout
+    assert f"refused: Invalid config value {key}=" in output and "loaded: False" in output, output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has the device")
+def test_a_missing_device_is_refused_before_lightning_loads(tmp_path):
+    """Whether a device exists needs torch, not Lightning's import (seconds more)."""
+    output = refused_in_a_fresh_process("trainer.accelerator=cuda", tmp_path, "lightning")
+    assert "refused: Invalid config value trainer.accelerator='cuda': no such device" in output and "loaded: False" in output, output
