@@ -143,9 +143,31 @@ def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
 
 
 def validate(cfg: DictConfig, devices_here: bool = True) -> DictConfig:
-    """Check `cfg` against the schema and the allowed ranges; raise UserInputError.
+    """Check `cfg` against the schema and the allowed ranges, then build what it describes
+    (task, network, optimizer, callbacks) to check that too; raise UserInputError.
     `devices_here=False` skips the check that the accelerator exists on this machine,
     for configs that run elsewhere (a SLURM job composed on a login node, --cfg)."""
+    typed = check_values(cfg)
+    _check_device(typed.trainer, devices_here)
+    task = _build_task(typed)
+    model = _build_model(typed, task)
+    _check_optimizer(typed.optim, model)
+    from cvae_exp.samplers import require_applicable
+
+    require_applicable(model, typed.eval.sampler)
+    if not model.labels_condition:
+        for key, metric in [("optimized_metric", typed.optimized_metric), *_callback_monitors(typed.callbacks or {})]:
+            _require(metric != "val/ssim", key, metric, "val/ssim is the label task's metric; an image-conditioned task logs val/loss, val/recon, val/kl and val/mse (over its target pixels)")
+    _check_trainer_arguments(typed.trainer)
+    _check_callbacks(typed.callbacks or {})
+    if typed.ckpt_path is not None:
+        _check_checkpoint(typed.ckpt_path, model, typed.trainer.max_epochs)
+    return cfg
+
+
+def check_values(cfg: DictConfig) -> DictConfig:
+    """The checks that need no torch (well under a second): the schema, the types, the ranges
+    and choices, callbacks' monitors. Returns the typed config."""
     try:
         schema = OmegaConf.structured(TrainConfig)
         OmegaConf.set_struct(schema.optim, False)  # other torch.optim arguments: +optim.momentum=0.9
@@ -181,28 +203,18 @@ def validate(cfg: DictConfig, devices_here: bool = True) -> DictConfig:
     _require(typed.eval.samples_per_class >= 1, "eval.samples_per_class", typed.eval.samples_per_class, "must be an integer >= 1")
     _require(typed.eval.nll_samples >= 0, "eval.nll_samples", typed.eval.nll_samples, "must be an integer >= 0 (importance samples per test image for test/nll; 0: no likelihood estimate)")
     _require(typed.optimized_metric in VAL_METRICS, "optimized_metric", typed.optimized_metric, f"allowed: {' | '.join(VAL_METRICS)}")
-    precision, accelerator = _check_trainer_values(trainer)
-    monitored = [("optimized_metric", typed.optimized_metric)] + _callback_monitors(typed.callbacks or {})
-    _check_device(precision, accelerator, devices_here)
-    task = _build_task(typed)
-    model = _build_model(typed, task)
-    _check_optimizer(typed.optim, model)
-    from cvae_exp.samplers import require_applicable
-
-    require_applicable(model, typed.eval.sampler)
-    if not model.labels_condition:
-        for key, metric in monitored:
-            _require(metric != "val/ssim", key, metric, "val/ssim is the label task's metric; an image-conditioned task logs val/loss, val/recon, val/kl and val/mse (over its target pixels)")
-    _check_trainer_arguments(trainer)
-    _check_callbacks(typed.callbacks or {})
-    if typed.ckpt_path is not None:
-        _check_checkpoint(typed.ckpt_path, model, trainer.max_epochs)
-    return cfg
+    _check_trainer_values(trainer)
+    for key, metric in _callback_monitors(typed.callbacks or {}):
+        _require(metric in MONITORABLE, key, metric, f"allowed: {' | '.join(MONITORABLE)}")
+    return typed
 
 
-def _check_trainer_values(trainer: DictConfig) -> tuple[str, str]:
-    """The trainer values checked without torch or Lightning: (precision, accelerator)."""
-    precision = str(trainer.get("precision", "32-true"))
+def _precision_and_accelerator(trainer: DictConfig) -> tuple[str, str]:
+    return str(trainer.get("precision", "32-true")), str(trainer.get("accelerator", "auto"))
+
+
+def _check_trainer_values(trainer: DictConfig) -> None:
+    precision, accelerator = _precision_and_accelerator(trainer)
     _require(precision in PRECISIONS, "trainer.precision", precision, f"allowed: {' | '.join(PRECISIONS)}")
     max_epochs = trainer.get("max_epochs")
     _require(isinstance(max_epochs, int) and max_epochs >= 1, "trainer.max_epochs", max_epochs, "must be an integer >= 1")
@@ -211,15 +223,14 @@ def _check_trainer_values(trainer: DictConfig) -> tuple[str, str]:
         max_time is None or (isinstance(max_time, str) and re.fullmatch(r"\d+:\d{2}:\d{2}:\d{2}", max_time) is not None),
         "trainer.max_time", max_time, "must be null or a duration DD:HH:MM:SS (e.g. 00:01:00:00 for one hour of training)",
     )
-    accelerator = str(trainer.get("accelerator", "auto"))
     _require(accelerator in ACCELERATORS, "trainer.accelerator", accelerator, f"allowed: {' | '.join(ACCELERATORS)}")
-    return precision, accelerator
 
 
-def _check_device(precision: str, accelerator: str, devices_here: bool) -> None:
+def _check_device(trainer: DictConfig, devices_here: bool) -> None:
     """The accelerator exists on this machine, and float16 does not train on a CPU (torch only)."""
     import torch
 
+    precision, accelerator = _precision_and_accelerator(trainer)
     available = {"auto": True, "cpu": True, "gpu": torch.cuda.is_available() or torch.backends.mps.is_available(),
                  "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     _require(
@@ -234,7 +245,7 @@ def _check_device(precision: str, accelerator: str, devices_here: bool) -> None:
 
 
 def _check_trainer_arguments(trainer: DictConfig) -> None:
-    """The trainer's keys are lightning.Trainer arguments (the only check that waits for Lightning's import)."""
+    """The trainer's keys are lightning.Trainer arguments (this check waits for Lightning's import)."""
     import lightning as L
 
     allowed = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", "callbacks", "logger"}
@@ -244,13 +255,9 @@ def _check_trainer_arguments(trainer: DictConfig) -> None:
 
 
 def _callback_monitors(callbacks: DictConfig) -> list[tuple[str, str]]:
-    """(key, metric) of each callback's monitor, each a metric the module logs: checked on
-    the config alone, so that a typo is refused before torch loads, not after the first epoch."""
+    """(key, metric) of each callback that monitors a metric."""
     monitors = [(f"callbacks.{name}.monitor", callback.get("monitor")) for name, callback in callbacks.items() if isinstance(callback, DictConfig)]
-    monitors = [(key, metric) for key, metric in monitors if metric is not None]
-    for key, metric in monitors:
-        _require(metric in MONITORABLE, key, metric, f"allowed: {' | '.join(MONITORABLE)}")
-    return monitors
+    return [(key, metric) for key, metric in monitors if metric is not None]
 
 
 def _check_callbacks(callbacks: DictConfig) -> None:

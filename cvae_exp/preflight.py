@@ -15,6 +15,7 @@ import os
 import sys
 import tempfile
 import traceback
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from cvae_exp.config import composition_error, epochs_done, validate
+from cvae_exp.config import check_values, composition_error, epochs_done, validate
 from cvae_exp.errors import UserInputError, report_and_exit
 
 RESUMES_FILE = Path(".hydra") / "resumes.yaml"
@@ -59,7 +60,7 @@ class Preflight(Callback):
             if config.get("resume"):
                 raise UserInputError(f"resume={config.resume!r} continues one run; it cannot be part of a multirun (-m). Resume each run on its own.")
             local = config.hydra.launcher._target_.endswith(("BasicLauncher", "JoblibLauncher"))  # jobs run on this machine
-            data_checked: set[str] = set()
+            jobs = []
             for number, overrides in enumerate(job_overrides(config)):
                 try:
                     job = compose(config_name=kwargs.get("config_name", "train"), overrides=overrides, return_hydra_config=True)
@@ -67,8 +68,15 @@ class Preflight(Callback):
                     raise composition_error(error, overrides) from None
                 with read_write(job.hydra.runtime), open_dict(job.hydra.runtime):
                     job.hydra.runtime.output_dir = str(sweep_dir / str(number))
+                prefix = f"In job {number} ({' '.join(overrides) or 'no overrides'}): " if number or overrides else ""
                 HydraConfig.instance().set_config(job)
-                check_job(job, devices_here=local, data_checked=data_checked, prefix=f"In job {number} ({' '.join(overrides) or 'no overrides'}): " if number or overrides else "")
+                with _in_job(prefix):  # every job's values first: a bad one in job 9 need not wait for torch
+                    check_values(task_config(job))
+                jobs.append((job, prefix))
+            data_checked: set[str] = set()
+            for job, prefix in jobs:
+                HydraConfig.instance().set_config(job)
+                check_job(job, devices_here=local, data_checked=data_checked, prefix=prefix)
             HydraConfig.instance().set_config(config)
             check_writable(sweep_dir, "hydra.sweep.dir")
 
@@ -107,21 +115,34 @@ def display_path(path: Path) -> str:
     return os.path.relpath(path) if path.resolve().is_relative_to(Path.cwd()) else str(path)
 
 
-def check_job(config: DictConfig, devices_here: bool = True, prefix: str = "", data_checked: set[str] | None = None) -> None:
-    """Validate a job's config (its `hydra` node removed, as the task function gets it) and
-    load its data, once per distinct data config (`data_checked` remembers them)."""
+def task_config(config: DictConfig) -> DictConfig:
+    """A job's config as the task function gets it: a copy without its `hydra` node."""
     task = copy.deepcopy(config)
     with read_write(task), open_dict(task):
         del task["hydra"]
-    data_checked = set() if data_checked is None else data_checked
+    return task
+
+
+@contextmanager
+def _in_job(prefix: str):
+    """A bad value in a multirun names its job first."""
     try:
+        yield
+    except UserInputError as error:
+        raise UserInputError(f"{prefix}{error}") from None
+
+
+def check_job(config: DictConfig, devices_here: bool = True, prefix: str = "", data_checked: set[str] | None = None) -> None:
+    """Validate a job's config and load its data, once per distinct data config
+    (`data_checked` remembers them)."""
+    task = task_config(config)
+    data_checked = set() if data_checked is None else data_checked
+    with _in_job(prefix):
         validate(task, devices_here)
         data = OmegaConf.to_yaml(task.data, resolve=True)
         if devices_here and data not in data_checked:  # a remote job may read its data from another root
             instantiate(task.data).setup()
             data_checked.add(data)
-    except UserInputError as error:
-        raise UserInputError(f"{prefix}{error}") from None
 
 
 def job_overrides(config: DictConfig) -> list[list[str]]:

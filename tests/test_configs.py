@@ -144,3 +144,17 @@ def test_a_missing_device_is_refused_before_lightning_loads(tmp_path):
     """Whether a device exists needs torch, not Lightning's import (seconds more)."""
     output = refused_in_a_fresh_process("trainer.accelerator=cuda", tmp_path, "lightning")
     assert "refused: Invalid config value trainer.accelerator='cuda': no such device" in output and "loaded: False" in output, output
+
+
+def test_a_bad_value_in_a_later_job_of_a_multirun_is_refused_before_torch_loads(tmp_path):
+    """Every job's values are checked before the first job's network is built."""
+    code = (
+        "import sys\n"
+        "from cvae_exp import train\n"
+        "sys.argv = ['cvae-train', '-m', 'model.latent_dim=2,0', 'hydra.sweep.dir=sweep']\n"
+        "try:\n    train.main()\nexcept SystemExit as exit:\n    print('exit:', exit.code)\n"
+        "print('loaded:', 'torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert "In job 1 (model.latent_dim=0): Invalid config value model.latent_dim=0" in result.stderr, result.stderr
+    assert "exit: 2" in result.stdout and "loaded: False" in result.stdout and not (tmp_path / "sweep").exists(), result.stdout
