@@ -4,8 +4,9 @@ the summary that ends a multirun.
 Hydra makes the run directory and writes .hydra/ before it calls the task function, so a
 bad value caught there would leave a half-made run behind. This Hydra callback checks
 first: for a single run the composed config, for a multirun every job's config (each is
-composed from the sweep's overrides as Hydra's basic sweeper will compose it), and the
-data each one loads, and that the output directory can be written. On bad input it prints
+composed from the sweep's overrides as Hydra's basic sweeper will compose it; every job's
+values before any job's network), and the data each one loads, and that the output
+directory can be written. On bad input it prints
 one paragraph and exits with status 2, having written nothing.
 """
 
