@@ -21,12 +21,17 @@ class RelocatableCheckpoint(ModelCheckpoint):
     def load_state_dict(self, state_dict: dict) -> None:
         old = state_dict.get("dirpath")
         if old and self.dirpath and old != self.dirpath:
+
             def moved(path: str) -> str:
                 return os.path.join(self.dirpath, os.path.relpath(path, old)) if path else path
 
             state_dict = {
-                **state_dict, "dirpath": self.dirpath,
-                **{key: moved(state_dict.get(key, "")) for key in ("best_model_path", "kth_best_model_path", "last_model_path")},
+                **state_dict,
+                "dirpath": self.dirpath,
+                **{
+                    key: moved(state_dict.get(key, ""))
+                    for key in ("best_model_path", "kth_best_model_path", "last_model_path")
+                },
                 "best_k_models": {moved(path): score for path, score in state_dict.get("best_k_models", {}).items()},
             }
         super().load_state_dict(state_dict)
@@ -43,7 +48,13 @@ class RandomStateCheckpoint(Callback):
 
     def state_dict(self) -> dict:
         name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-        numpy_state = (name, torch.from_numpy(keys.copy()), position, has_gauss, cached_gaussian)  # loads with weights_only
+        numpy_state = (
+            name,
+            torch.from_numpy(keys.copy()),
+            position,
+            has_gauss,
+            cached_gaussian,
+        )  # loads with weights_only
         state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
         if torch.cuda.is_available():
             state["cuda"] = torch.cuda.get_rng_state_all()
@@ -72,7 +83,12 @@ class ImageLogger(Callback):
     Drawing forks the random generators, so logging images does not change training."""
 
     def __init__(self, every_n_epochs: int = 5, samples_per_class: int = 8, num_images: int = 8, steps: int = 10):
-        for name, value in {"every_n_epochs": every_n_epochs, "samples_per_class": samples_per_class, "num_images": num_images, "steps": steps}.items():
+        for name, value in {
+            "every_n_epochs": every_n_epochs,
+            "samples_per_class": samples_per_class,
+            "num_images": num_images,
+            "steps": steps,
+        }.items():
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be an integer >= 1")
         self.every_n_epochs, self.samples_per_class = every_n_epochs, samples_per_class
@@ -96,13 +112,27 @@ class ImageLogger(Callback):
         images, labels = images.to(pl_module.device).float() / 255, labels.to(pl_module.device)
         with torch.random.fork_rng(devices=[pl_module.device] if pl_module.device.type == "cuda" else []):
             if not cvae.labels_condition:  # an image-conditioned task
-                grids = {"images/completions": visualize.completions(cvae, pl_module.task, images[: self.num_images], labels[: self.num_images], self.samples_per_class)}
+                grids = {
+                    "images/completions": visualize.completions(
+                        cvae,
+                        pl_module.task,
+                        images[: self.num_images],
+                        labels[: self.num_images],
+                        self.samples_per_class,
+                    )
+                }
             else:
                 starts, ends = same_class_pairs(labels, cvae.num_classes)
                 grids = {
-                    "images/samples_by_class": visualize.class_samples(cvae, torch.arange(cvae.num_classes), self.samples_per_class),
-                    "images/reconstructions": visualize.reconstructions(cvae, images[: self.num_images], labels[: self.num_images]),
-                    "images/interpolation": visualize.interpolation(cvae, images[starts], labels[starts], images[ends], labels[ends], self.steps),
+                    "images/samples_by_class": visualize.class_samples(
+                        cvae, torch.arange(cvae.num_classes), self.samples_per_class
+                    ),
+                    "images/reconstructions": visualize.reconstructions(
+                        cvae, images[: self.num_images], labels[: self.num_images]
+                    ),
+                    "images/interpolation": visualize.interpolation(
+                        cvae, images[starts], labels[starts], images[ends], labels[ends], self.steps
+                    ),
                 }
                 if type(cvae.prior) is StandardPrior:  # one z under every label is a prior draw only there
                     grids["images/label_swap"] = visualize.label_swap(cvae, self.num_images)

@@ -67,7 +67,9 @@ def features(classifier: Classifier, images: torch.Tensor, batch_size: int = 256
     channels_last, where a CPU's convolutions and pooling take half the time."""
     device = next(classifier.parameters()).device
     classifier = classifier.to(memory_format=torch.channels_last)
-    batches = (x.to(device).float().div(255).contiguous(memory_format=torch.channels_last) for x in images.split(batch_size))
+    batches = (
+        x.to(device).float().div(255).contiguous(memory_format=torch.channels_last) for x in images.split(batch_size)
+    )
     return torch.cat([classifier.features(x) for x in batches])
 
 
@@ -84,7 +86,11 @@ def test_reference(classifier: Classifier, test_images: torch.Tensor) -> dict:
     """What the metrics need of the test images, which are the same every run: their features
     and k-NN radii (about 1.5 s on a CPU for MNIST's 10k images), kept in the classifier's cache."""
     reference_features = features(classifier, test_images).cpu()
-    return {"images": fingerprint(test_images), "features": reference_features, "radii": _kth_neighbour_radius(reference_features, NEIGHBOURS)}
+    return {
+        "images": fingerprint(test_images),
+        "features": reference_features,
+        "radii": _kth_neighbour_radius(reference_features, NEIGHBOURS),
+    }
 
 
 def train_classifier(splits, image_shape, num_classes: int, seed: int = 0) -> tuple[Classifier, float]:
@@ -122,17 +128,28 @@ def load_or_train(datamodule, directory: str) -> tuple[Classifier, dict]:
     datamodule.setup("test")
     test_images, test_labels = datamodule.splits["test"]
     data = fingerprint(test_images, test_labels)  # not the name alone: binarised MNIST, another source may share it
-    path = Path(directory).expanduser() / f"{datamodule.name}-{data[:12]}.pt"  # one file per test split: none overwrites another
+    path = (
+        Path(directory).expanduser() / f"{datamodule.name}-{data[:12]}.pt"
+    )  # one file per test split: none overwrites another
     saved = torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else {}
     if saved.get("data") == data and saved["num_classes"] == datamodule.num_classes:
         classifier = Classifier(datamodule.image_shape, datamodule.num_classes)
         classifier.load_state_dict(saved["state_dict"])
         classifier.eval()
     else:
-        log.info(f"Training a classifier of {datamodule.name} for the classifier metrics (once: it is cached as {path}) ...")
-        classifier, test_accuracy = train_classifier(datamodule.source(root=datamodule.root), datamodule.image_shape, datamodule.num_classes)
+        log.info(
+            f"Training a classifier of {datamodule.name} for the classifier metrics (once: it is cached as {path}) ..."
+        )
+        classifier, test_accuracy = train_classifier(
+            datamodule.source(root=datamodule.root), datamodule.image_shape, datamodule.num_classes
+        )
         log.info(f"... its accuracy on the test set: {test_accuracy:.1%}")
-        saved = {"state_dict": classifier.state_dict(), "test_accuracy": test_accuracy, "data": data, "num_classes": datamodule.num_classes}
+        saved = {
+            "state_dict": classifier.state_dict(),
+            "test_accuracy": test_accuracy,
+            "data": data,
+            "num_classes": datamodule.num_classes,
+        }
     record = {"path": str(path), "test_accuracy": saved["test_accuracy"]}
     if "test_reference" not in saved:  # a new classifier, or one cached before the reference was
         saved["test_reference"] = test_reference(classifier, test_images)
@@ -148,7 +165,9 @@ def load_or_train(datamodule, directory: str) -> tuple[Classifier, dict]:
 
 
 @torch.no_grad()
-def classifier_metrics(classifier: Classifier, real: torch.Tensor, generated: torch.Tensor, generated_labels: torch.Tensor | None) -> dict[str, float]:
+def classifier_metrics(
+    classifier: Classifier, real: torch.Tensor, generated: torch.Tensor, generated_labels: torch.Tensor | None
+) -> dict[str, float]:
     """sample_accuracy of `generated` (uint8) against `generated_labels` (None: samples of an
     unconditional model, which have no class to hit); classifier_fid, sample_precision and
     sample_recall between `real` and `generated` (uint8) in the classifier's features. Where
@@ -166,11 +185,15 @@ def classifier_metrics(classifier: Classifier, real: torch.Tensor, generated: to
     precision, recall = precision_recall(real_features, fake, real_radii=real_radii)
     metrics = {"classifier_fid": float(fid.compute()), "sample_precision": precision, "sample_recall": recall}
     if generated_labels is not None:
-        metrics["sample_accuracy"] = (classifier.head(fake).argmax(1) == generated_labels.to(fake.device)).float().mean().item()
+        metrics["sample_accuracy"] = (
+            (classifier.head(fake).argmax(1) == generated_labels.to(fake.device)).float().mean().item()
+        )
     return metrics
 
 
-def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = NEIGHBOURS, real_radii: torch.Tensor | None = None) -> tuple[float, float]:
+def precision_recall(
+    real: torch.Tensor, fake: torch.Tensor, k: int = NEIGHBOURS, real_radii: torch.Tensor | None = None
+) -> tuple[float, float]:
     """Improved precision and recall (Kynkaanniemi et al., 2019): each set's manifold is the union
     of balls around its points reaching their k-th nearest neighbour in the set; precision is
     the fraction of `fake` inside the manifold of `real`, recall the fraction of `real` inside
@@ -191,4 +214,6 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = NEIGHBOURS
 def _kth_neighbour_radius(points: torch.Tensor, k: int) -> torch.Tensor:
     """Distance of every point to its k-th nearest other point (the nearest, at 0, is itself);
     topk, as kthvalue takes three times as long on a CPU."""
-    return torch.cat([torch.cdist(chunk, points).topk(k + 1, dim=1, largest=False).values[:, k] for chunk in points.split(1024)])
+    return torch.cat(
+        [torch.cdist(chunk, points).topk(k + 1, dim=1, largest=False).values[:, k] for chunk in points.split(1024)]
+    )

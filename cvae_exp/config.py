@@ -13,9 +13,10 @@ before those imports (seconds on a small CPU).
 import inspect
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -89,7 +90,9 @@ class EvalConfig:
     save_images: bool = False
     nll_samples: int = 0
     sampler: str = "prior"  # where generated images draw z from (cvae_exp/samplers.py)
-    classifier_metrics: bool = True  # test/sample_accuracy, classifier_fid, sample_precision and sample_recall (cvae_exp/classifier.py)
+    classifier_metrics: bool = (
+        True  # test/sample_accuracy, classifier_fid, sample_precision and sample_recall (cvae_exp/classifier.py)
+    )
     classifier_dir: str = "~/.cache/cvae_exp/classifiers"  # where the dataset classifiers are cached
     gmm_components: int = 10  # eval.sampler=gmm: Gaussians per class
     gmm_covariance: str = "full"
@@ -112,27 +115,42 @@ class TrainConfig:
     conditioning: dict[str, Any]
     trainer: dict[str, Any]
     paths: PathsConfig
-    task: Optional[dict[str, Any]] = None  # None: the label task (configs/task/label.yaml)
-    prior: Optional[dict[str, Any]] = None  # None: N(0, I) (configs/prior/standard.yaml)
-    scheduler: Optional[dict[str, Any]] = None  # None: a constant learning rate (configs/scheduler/)
+    task: dict[str, Any] | None = None  # None: the label task (configs/task/label.yaml)
+    prior: dict[str, Any] | None = None  # None: N(0, I) (configs/prior/standard.yaml)
+    scheduler: dict[str, Any] | None = None  # None: a constant learning rate (configs/scheduler/)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    callbacks: Optional[dict[str, Any]] = None
-    logger: Optional[dict[str, Any]] = None
+    callbacks: dict[str, Any] | None = None
+    logger: dict[str, Any] | None = None
     task_name: str = "train"
     seed: int = 42
-    ckpt_path: Optional[str] = None
-    resume: Optional[str] = None
+    ckpt_path: str | None = None
+    resume: str | None = None
     optimized_metric: str = "val/loss"
-    reference: Optional[dict[str, Any]] = None  # published numbers this run reproduces
+    reference: dict[str, Any] | None = None  # published numbers this run reproduces
 
 
 def check_sampler(settings) -> None:
     """eval.sampler and its settings (cvae-eval and cvae-sample check their own arguments)."""
-    _require(settings.sampler in SAMPLERS, "eval.sampler", settings.sampler, f"allowed: {' | '.join(SAMPLERS)} (cvae_exp/samplers.py)")
-    _require(settings.gmm_components >= 1, "eval.gmm_components", settings.gmm_components, "must be an integer >= 1 (Gaussians per class)")
-    _require(settings.gmm_covariance in GMM_COVARIANCES, "eval.gmm_covariance", settings.gmm_covariance, f"allowed: {' | '.join(GMM_COVARIANCES)}")
+    _require(
+        settings.sampler in SAMPLERS,
+        "eval.sampler",
+        settings.sampler,
+        f"allowed: {' | '.join(SAMPLERS)} (cvae_exp/samplers.py)",
+    )
+    _require(
+        settings.gmm_components >= 1,
+        "eval.gmm_components",
+        settings.gmm_components,
+        "must be an integer >= 1 (Gaussians per class)",
+    )
+    _require(
+        settings.gmm_covariance in GMM_COVARIANCES,
+        "eval.gmm_covariance",
+        settings.gmm_covariance,
+        f"allowed: {' | '.join(GMM_COVARIANCES)}",
+    )
     _require(settings.flow_layers >= 1, "eval.flow_layers", settings.flow_layers, "must be an integer >= 1")
     _require(settings.flow_steps >= 1, "eval.flow_steps", settings.flow_steps, "must be an integer >= 1")
 
@@ -157,7 +175,13 @@ def validate(cfg: DictConfig, devices_here: bool = True) -> DictConfig:
     require_applicable(model, typed.eval.sampler)
     if not model.labels_condition:
         for key, metric in [("optimized_metric", typed.optimized_metric), *_callback_monitors(typed.callbacks or {})]:
-            _require(metric != "val/ssim", key, metric, "val/ssim is the label task's metric; an image-conditioned task logs val/loss, val/recon, val/kl and val/mse (over its target pixels)")
+            _require(
+                metric != "val/ssim",
+                key,
+                metric,
+                "val/ssim is the label task's metric; an image-conditioned task logs val/loss, val/recon, "
+                "val/kl and val/mse (over its target pixels)",
+            )
     _check_trainer_arguments(typed.trainer)
     _check_callbacks(typed.callbacks or {})
     if typed.ckpt_path is not None:
@@ -176,33 +200,62 @@ def check_values(cfg: DictConfig) -> DictConfig:
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or "?"
         reason = str(error).splitlines()[0]
-        raise UserInputError(f"Invalid config at {key}: {reason}. See configs/ and cvae_exp/config.py for the allowed keys and types.") from None
+        raise UserInputError(
+            f"Invalid config at {key}: {reason}. See configs/ and cvae_exp/config.py for the allowed keys and types."
+        ) from None
 
     data, model, loss, optim, trainer = typed.data, typed.model, typed.loss, typed.optim, typed.trainer
     _require(typed.seed >= 0, "seed", typed.seed, "must be an integer >= 0")
     _require(data.batch_size >= 1, "data.batch_size", data.batch_size, "must be an integer >= 1")
     _require(data.val_size >= 1, "data.val_size", data.val_size, "must be an integer >= 1")
-    _require(data.binarize in BINARIZE_CHOICES, "data.binarize", data.binarize, f"allowed: {' | '.join(BINARIZE_CHOICES)}")
+    _require(
+        data.binarize in BINARIZE_CHOICES, "data.binarize", data.binarize, f"allowed: {' | '.join(BINARIZE_CHOICES)}"
+    )
     _require(
         len(data.image_shape) == 3 and min(data.image_shape) >= 1,
-        "data.image_shape", list(data.image_shape), "must be [channels, height, width] of positive integers",
+        "data.image_shape",
+        list(data.image_shape),
+        "must be [channels, height, width] of positive integers",
     )
     _require(data.num_classes >= 1, "data.num_classes", data.num_classes, "must be an integer >= 1")
     _require(model.latent_dim >= 1, "model.latent_dim", model.latent_dim, "must be an integer >= 1 (the size of z)")
-    _require(
-        loss.likelihood in LIKELIHOODS, "loss.likelihood", loss.likelihood, f"allowed: {' | '.join(LIKELIHOODS)}"
-    )
+    _require(loss.likelihood in LIKELIHOODS, "loss.likelihood", loss.likelihood, f"allowed: {' | '.join(LIKELIHOODS)}")
     _require(loss.var > 0, "loss.var", loss.var, "must be a number > 0 (the Gaussian decoder's variance)")
     _require(loss.beta >= 0, "loss.beta", loss.beta, "must be a number >= 0")
     _require(loss.warmup_steps >= 0, "loss.warmup_steps", loss.warmup_steps, "must be an integer >= 0 (0: no warm-up)")
     _require(optim.lr > 0, "optim.lr", optim.lr, "must be a number > 0")
     _require(optim.weight_decay >= 0, "optim.weight_decay", optim.weight_decay, "must be a number >= 0")
-    _require(typed.eval.recon_z in RECON_Z_CHOICES, "eval.recon_z", typed.eval.recon_z, f"allowed: {' | '.join(RECON_Z_CHOICES)}")
+    _require(
+        typed.eval.recon_z in RECON_Z_CHOICES,
+        "eval.recon_z",
+        typed.eval.recon_z,
+        f"allowed: {' | '.join(RECON_Z_CHOICES)}",
+    )
     check_sampler(typed.eval)
-    _require(typed.eval.val_ssim_images >= 1, "eval.val_ssim_images", typed.eval.val_ssim_images, "must be an integer >= 1 (validation images graded by SSIM each epoch)")
-    _require(typed.eval.samples_per_class >= 1, "eval.samples_per_class", typed.eval.samples_per_class, "must be an integer >= 1")
-    _require(typed.eval.nll_samples >= 0, "eval.nll_samples", typed.eval.nll_samples, "must be an integer >= 0 (importance samples per test image for test/nll; 0: no likelihood estimate)")
-    _require(typed.optimized_metric in VAL_METRICS, "optimized_metric", typed.optimized_metric, f"allowed: {' | '.join(VAL_METRICS)}")
+    _require(
+        typed.eval.val_ssim_images >= 1,
+        "eval.val_ssim_images",
+        typed.eval.val_ssim_images,
+        "must be an integer >= 1 (validation images graded by SSIM each epoch)",
+    )
+    _require(
+        typed.eval.samples_per_class >= 1,
+        "eval.samples_per_class",
+        typed.eval.samples_per_class,
+        "must be an integer >= 1",
+    )
+    _require(
+        typed.eval.nll_samples >= 0,
+        "eval.nll_samples",
+        typed.eval.nll_samples,
+        "must be an integer >= 0 (importance samples per test image for test/nll; 0: no likelihood estimate)",
+    )
+    _require(
+        typed.optimized_metric in VAL_METRICS,
+        "optimized_metric",
+        typed.optimized_metric,
+        f"allowed: {' | '.join(VAL_METRICS)}",
+    )
     _check_trainer_values(trainer)
     for key, metric in _callback_monitors(typed.callbacks or {}):
         _require(metric in MONITORABLE, key, metric, f"allowed: {' | '.join(MONITORABLE)}")
@@ -217,11 +270,16 @@ def _check_trainer_values(trainer: DictConfig) -> None:
     precision, accelerator = _precision_and_accelerator(trainer)
     _require(precision in PRECISIONS, "trainer.precision", precision, f"allowed: {' | '.join(PRECISIONS)}")
     max_epochs = trainer.get("max_epochs")
-    _require(isinstance(max_epochs, int) and max_epochs >= 1, "trainer.max_epochs", max_epochs, "must be an integer >= 1")
+    _require(
+        isinstance(max_epochs, int) and max_epochs >= 1, "trainer.max_epochs", max_epochs, "must be an integer >= 1"
+    )
     max_time = trainer.get("max_time")
     _require(
-        max_time is None or (isinstance(max_time, str) and re.fullmatch(r"\d+:\d{2}:\d{2}:\d{2}", max_time) is not None),
-        "trainer.max_time", max_time, "must be null or a duration DD:HH:MM:SS (e.g. 00:01:00:00 for one hour of training)",
+        max_time is None
+        or (isinstance(max_time, str) and re.fullmatch(r"\d+:\d{2}:\d{2}:\d{2}", max_time) is not None),
+        "trainer.max_time",
+        max_time,
+        "must be null or a duration DD:HH:MM:SS (e.g. 00:01:00:00 for one hour of training)",
     )
     _require(accelerator in ACCELERATORS, "trainer.accelerator", accelerator, f"allowed: {' | '.join(ACCELERATORS)}")
 
@@ -231,15 +289,25 @@ def _check_device(trainer: DictConfig, devices_here: bool) -> None:
     import torch
 
     precision, accelerator = _precision_and_accelerator(trainer)
-    available = {"auto": True, "cpu": True, "gpu": torch.cuda.is_available() or torch.backends.mps.is_available(),
-                 "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    available = {
+        "auto": True,
+        "cpu": True,
+        "gpu": torch.cuda.is_available() or torch.backends.mps.is_available(),
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+    }
     _require(
-        available[accelerator] or not devices_here, "trainer.accelerator", accelerator,
-        "no such device is available on this machine; use trainer=default (accelerator=auto: a GPU when there is one) or trainer=cpu",
+        available[accelerator] or not devices_here,
+        "trainer.accelerator",
+        accelerator,
+        "no such device is available on this machine; use trainer=default (accelerator=auto: a GPU when there "
+        "is one) or trainer=cpu",
     )
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not available["gpu"])
     _require(
-        not (devices_here and on_cpu and precision.startswith("16")), "trainer.precision", precision,
+        not (devices_here and on_cpu and precision.startswith("16")),
+        "trainer.precision",
+        precision,
         "float16 runs on a GPU only and this run trains on the CPU; use trainer.precision=bf16-mixed or 32-true",
     )
 
@@ -251,12 +319,21 @@ def _check_trainer_arguments(trainer: DictConfig) -> None:
     allowed = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", "callbacks", "logger"}
     for key in trainer:
         if key != "_target_":
-            _require(key in allowed, f"trainer.{key}", trainer[key], f"is not a lightning.Trainer argument; allowed: {', '.join(sorted(allowed))}")
+            _require(
+                key in allowed,
+                f"trainer.{key}",
+                trainer[key],
+                f"is not a lightning.Trainer argument; allowed: {', '.join(sorted(allowed))}",
+            )
 
 
 def _callback_monitors(callbacks: DictConfig) -> list[tuple[str, str]]:
     """(key, metric) of each callback that monitors a metric."""
-    monitors = [(f"callbacks.{name}.monitor", callback.get("monitor")) for name, callback in callbacks.items() if isinstance(callback, DictConfig)]
+    monitors = [
+        (f"callbacks.{name}.monitor", callback.get("monitor"))
+        for name, callback in callbacks.items()
+        if isinstance(callback, DictConfig)
+    ]
     return [(key, metric) for key, metric in monitors if metric is not None]
 
 
@@ -267,7 +344,10 @@ def _check_callbacks(callbacks: DictConfig) -> None:
         try:
             instantiate(callback)
         except Exception as error:
-            raise UserInputError(f"Invalid config at callbacks.{name}: {_constructor_error(error)} See configs/callbacks/default.yaml for its keys.") from None
+            raise UserInputError(
+                f"Invalid config at callbacks.{name}: {_constructor_error(error)} See "
+                "configs/callbacks/default.yaml for its keys."
+            ) from None
 
 
 def _constructor_error(error: Exception) -> str:
@@ -284,7 +364,8 @@ def _check_optimizer(optim: DictConfig, model) -> None:
         instantiate(optim)(model.parameters())
     except Exception as error:  # a bad class path or keyword
         raise UserInputError(
-            f"Invalid config at optim: {_constructor_error(error)} optim._target_ names a torch.optim class and the other keys are its "
+            f"Invalid config at optim: {_constructor_error(error)} optim._target_ names a torch.optim class "
+            "and the other keys are its "
             f"arguments (configs/train.yaml); `+optim.key=value` adds one the config lacks."
         ) from None
 
@@ -301,7 +382,9 @@ def _build_task(typed: DictConfig):
         task = instantiate(typed.task)
         task.condition_shape(tuple(typed.data.image_shape))
     except Exception as error:  # a task's own check of its arguments
-        raise UserInputError(f"Invalid task config: {_constructor_error(error)} See configs/task/ for each task's keys.") from None
+        raise UserInputError(
+            f"Invalid task config: {_constructor_error(error)} See configs/task/ for each task's keys."
+        ) from None
     return task
 
 
@@ -330,10 +413,19 @@ def _check_checkpoint(path: str, model, max_epochs: int) -> None:
     leave epochs to train before max_epochs."""
     import torch
 
-    _require(Path(path).is_file(), "ckpt_path", path, "must be an existing checkpoint file (e.g. <run dir>/checkpoints/last.ckpt)")
+    _require(
+        Path(path).is_file(),
+        "ckpt_path",
+        path,
+        "must be an existing checkpoint file (e.g. <run dir>/checkpoints/last.ckpt)",
+    )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        saved = {key.removeprefix("cvae."): tuple(value.shape) for key, value in checkpoint["state_dict"].items() if key.startswith("cvae.")}
+        saved = {
+            key.removeprefix("cvae."): tuple(value.shape)
+            for key, value in checkpoint["state_dict"].items()
+            if key.startswith("cvae.")
+        }
         done = epochs_done(checkpoint)
     except Exception as error:  # truncated, not a torch file, not a Lightning checkpoint
         raise UserInputError(
@@ -351,8 +443,11 @@ def _check_checkpoint(path: str, model, max_epochs: int) -> None:
             f"or set model/conditioning/data as they were."
         )
     _require(
-        max_epochs > done, "trainer.max_epochs", max_epochs,
-        f"the checkpoint ckpt_path={path!r} has trained {done} epochs already; pass trainer.max_epochs={done + 1} or more to train on from it",
+        max_epochs > done,
+        "trainer.max_epochs",
+        max_epochs,
+        f"the checkpoint ckpt_path={path!r} has trained {done} epochs already; pass "
+        f"trainer.max_epochs={done + 1} or more to train on from it",
     )
 
 
@@ -362,12 +457,19 @@ def composition_error(error: Exception, overrides: Sequence[str]) -> UserInputEr
     lines = str(error).split("Config search path:")[0].split("To append to your config")[0].splitlines()
     text = " ".join(line.strip() for line in lines if line.strip())
     if text.startswith("Could not override"):
-        text = f"{text.removesuffix('.')}: no such key in the config (`cvae-train --cfg job` prints them all; `+key=value` adds a key the config lacks, such as another lightning.Trainer argument: +trainer.limit_train_batches=10)"
+        text = (
+            f"{text.removesuffix('.')}: no such key in the config (`cvae-train --cfg job` prints them all; "
+            "`+key=value` adds a key the config lacks, such as another lightning.Trainer argument: "
+            "+trainer.limit_train_batches=10)"
+        )
     if "Available options in" in text:
         head, options = text.split("Available options in", 1)
         group, names = options.split(":", 1)
         text = f"{head.strip()}; the options of{group}: {', '.join(names.split())}"
-    return UserInputError(f"Cannot compose the config from {' '.join(overrides)}: {text.rstrip('.')}. `cvae-train --help` lists the config groups and keys.")
+    return UserInputError(
+        f"Cannot compose the config from {' '.join(overrides)}: {text.rstrip('.')}. `cvae-train --help` lists "
+        "the config groups and keys."
+    )
 
 
 def compose_train(overrides: Sequence[str], output_dir: str) -> DictConfig:

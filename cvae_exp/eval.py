@@ -27,12 +27,18 @@ def find_checkpoint(path: Path) -> Path:
     try:
         best = json.loads(metrics.read_text()).get("best_checkpoint") if metrics.is_file() else None
     except ValueError:
-        raise UserInputError(f"{str(metrics)!r} is not valid JSON (a damaged file); remove it to fall back on checkpoints/last.ckpt, or pass a .ckpt file.") from None
+        raise UserInputError(
+            f"{str(metrics)!r} is not valid JSON (a damaged file); remove it to fall back on "
+            "checkpoints/last.ckpt, or pass a .ckpt file."
+        ) from None
     if best and (path / best).is_file():
         return path / best
     if (path / "checkpoints" / "last.ckpt").is_file():
         return path / "checkpoints" / "last.ckpt"
-    raise UserInputError(f"No checkpoint at {str(path)!r}: pass a .ckpt file or a run directory with checkpoints/ (its best checkpoint, else last.ckpt, is used).")
+    raise UserInputError(
+        f"No checkpoint at {str(path)!r}: pass a .ckpt file or a run directory with checkpoints/ (its best "
+        "checkpoint, else last.ckpt, is used)."
+    )
 
 
 def quiet_libraries() -> None:
@@ -42,8 +48,12 @@ def quiet_libraries() -> None:
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning, module="lightning")  # torch's deprecations inside Lightning
-    warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`")  # training callbacks do not matter to a test
+    warnings.filterwarnings(
+        "ignore", category=FutureWarning, module="lightning"
+    )  # torch's deprecations inside Lightning
+    warnings.filterwarnings(
+        "ignore", message="Be aware that when using `ckpt_path`"
+    )  # training callbacks do not matter to a test
 
 
 def load_module(checkpoint: Path, **eval_overrides):
@@ -55,7 +65,10 @@ def load_module(checkpoint: Path, **eval_overrides):
     try:
         module = CVAEModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
     except Exception as error:  # truncated file, another model's checkpoint, ...
-        raise UserInputError(f"Cannot load {str(checkpoint)!r} as a cvae-exp checkpoint ({type(error).__name__}: {error}); pass a .ckpt written by cvae-train.") from None
+        raise UserInputError(
+            f"Cannot load {str(checkpoint)!r} as a cvae-exp checkpoint ({type(error).__name__}: {error}); pass "
+            "a .ckpt written by cvae-train."
+        ) from None
     module.hparams.eval.update({key: value for key, value in eval_overrides.items() if value is not None})
     return module
 
@@ -67,21 +80,38 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples-per-class", type=int, help="generated images per class for the FID")
     parser.add_argument("--save-images", action="store_true", default=None, help="write recon/ and gen/ PNGs")
     parser.add_argument("--nll-samples", type=int, help="importance samples per test image for test/nll (0: none)")
-    parser.add_argument("--sampler", choices=SAMPLERS, help="where generated images draw z from (prior: the run's p(z|c); gmm, flow: fitted per class, saved in <run dir>/samplers/) [the run's eval.sampler]")
+    parser.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        help=(
+            "where generated images draw z from (prior: the run's p(z|c); gmm, flow: fitted per class, saved in "
+            "<run dir>/samplers/) [the run's eval.sampler]"
+        ),
+    )
     parser.add_argument("--data-root", help="where the dataset lives, if not where the run found it")
     parser.add_argument("--seed", type=int, default=42, help="seed of the sampling [42]")
     parser.add_argument("--out", type=Path, help="the JSON file to write [<run dir>/eval.json]")
     args = parser.parse_args(argv)
     try:
         if args.samples_per_class is not None and args.samples_per_class < 1:
-            raise UserInputError(f"--samples-per-class {args.samples_per_class}: must be an integer >= 1 (generated images per class for the FID).")
+            raise UserInputError(
+                f"--samples-per-class {args.samples_per_class}: must be an integer >= 1 (generated images per "
+                "class for the FID)."
+            )
         if args.out is not None and args.out.is_dir():
             raise UserInputError(f"--out {str(args.out)!r} is a directory; pass the path of the JSON file to write.")
         if args.nll_samples is not None and args.nll_samples < 0:
-            raise UserInputError(f"--nll-samples {args.nll_samples}: must be an integer >= 0 (importance samples per test image for test/nll; 0: no estimate).")
+            raise UserInputError(
+                f"--nll-samples {args.nll_samples}: must be an integer >= 0 (importance samples per test image "
+                "for test/nll; 0: no estimate)."
+            )
         checkpoint = find_checkpoint(args.path)
         module = load_module(
-            checkpoint, recon_z=args.recon_z, samples_per_class=args.samples_per_class, save_images=args.save_images, nll_samples=args.nll_samples,
+            checkpoint,
+            recon_z=args.recon_z,
+            samples_per_class=args.samples_per_class,
+            save_images=args.save_images,
+            nll_samples=args.nll_samples,
             sampler=args.sampler,
         )
         import lightning as L
@@ -95,9 +125,16 @@ def main(argv: list[str] | None = None) -> None:
         out = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
         L.seed_everything(args.seed, verbose=False)
         trainer = L.Trainer(
-            accelerator="auto", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, default_root_dir=out
+            accelerator="auto",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            default_root_dir=out,
         )
-        (metrics,) = trainer.test(module, datamodule=instantiate(data), ckpt_path=checkpoint, verbose=False)  # the path tells a fitted sampler where it belongs
+        (metrics,) = trainer.test(
+            module, datamodule=instantiate(data), ckpt_path=checkpoint, verbose=False
+        )  # the path tells a fitted sampler where it belongs
     except UserInputError as error:
         report_and_exit(error, "cvae-eval")
     result = {

@@ -15,7 +15,9 @@ from cvae_exp.models import CVAE
 
 
 @torch.no_grad()
-def generate_per_class(cvae: CVAE, samples_per_class: int, batch_size: int, device, sampler=None) -> tuple[torch.Tensor, torch.Tensor]:
+def generate_per_class(
+    cvae: CVAE, samples_per_class: int, batch_size: int, device, sampler=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`samples_per_class` uint8 images of every label from z ~ p(z | label) (N(0, I) for the
     lab's CVAE) or from a fitted latent sampler (cvae_exp/samplers.py), label-major."""
     labels = torch.arange(cvae.num_classes, device=device).repeat_interleave(samples_per_class)
@@ -41,7 +43,9 @@ def grade(
     return {"ssim": ssim, "mse": mse, "fid": fid, "score": score, "score_uncapped": score_uncapped}
 
 
-def save_grader_images(directory: Path, reconstructions: torch.Tensor, generated: torch.Tensor, generated_labels: torch.Tensor) -> None:
+def save_grader_images(
+    directory: Path, reconstructions: torch.Tensor, generated: torch.Tensor, generated_labels: torch.Tensor
+) -> None:
     """The lab's layout: recon/recon_{i}.png for test image i, gen/<label>/<i>.png."""
     (directory / "recon").mkdir(parents=True, exist_ok=True)
     for index, image in enumerate(reconstructions.cpu()):

@@ -19,7 +19,9 @@ ROWS_PER_CHUNK = 32768  # decoder rows (images x samples) per forward pass: memo
 
 
 @torch.no_grad()
-def log_weights(cvae: CVAE, objective: Objective, x: torch.Tensor, condition: torch.Tensor, mask: torch.Tensor | None, samples: int) -> torch.Tensor:
+def log_weights(
+    cvae: CVAE, objective: Objective, x: torch.Tensor, condition: torch.Tensor, mask: torch.Tensor | None, samples: int
+) -> torch.Tensor:
     """log p(x | z_k, c) + log p(z_k | c) - log q(z_k | x, c) for k = 1..samples: shape (samples, N)."""
     mu, logvar = cvae.posterior(x, condition)
     if cvae.encoder is None:  # no latent variable: one exact term
@@ -29,14 +31,16 @@ def log_weights(cvae: CVAE, objective: Objective, x: torch.Tensor, condition: to
     for start in range(0, samples, per_chunk):
         k = min(per_chunk, samples - start)
         z = reparameterize(mu.expand(k, *mu.shape), logvar.expand(k, *logvar.shape))  # (k, N, D)
-        repeat = lambda tensor: None if tensor is None else tensor.repeat(k, *[1] * (tensor.dim() - 1))
+        repeat = lambda tensor, k=k: None if tensor is None else tensor.repeat(k, *[1] * (tensor.dim() - 1))
         logits = cvae.decoder(z.flatten(0, 1), repeat(condition))
         log_likelihood = objective.log_likelihood(repeat(x), logits, repeat(mask)).view(k, len(x))
         weights.append(log_likelihood + cvae.prior.log_prob(z, condition) - gaussian_log_prob(z, mu, logvar))
     return torch.cat(weights)
 
 
-def importance_sampled_nll(cvae: CVAE, objective: Objective, x, condition, mask, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+def importance_sampled_nll(
+    cvae: CVAE, objective: Objective, x, condition, mask, samples: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(-log p(x | c) estimated with `samples` importance samples, the negative ELBO averaged
     over the same samples), each of shape (N,), in nats."""
     log_w = log_weights(cvae, objective, x, condition, mask, samples)

@@ -102,7 +102,10 @@ class CVAEModule(L.LightningModule):
         precision = str(self.trainer.precision)
         remedies = "a smaller optim.lr or a KL warm-up (loss.warmup_steps)"
         if precision != "32-true":
-            remedies = f"a smaller optim.lr, a KL warm-up (loss.warmup_steps) or trainer.precision=32-true (this run: {precision})"
+            remedies = (
+                "a smaller optim.lr, a KL warm-up (loss.warmup_steps) or trainer.precision=32-true (this run: "
+                f"{precision})"
+            )
         raise TrainingDiverged(
             f"Training diverged: the loss is {terms['loss'].item()} (reconstruction {terms['recon'].item()}, "
             f"KL {terms['kl'].item()}) at step {self.global_step}, epoch {self.current_epoch}. The likely cause "
@@ -134,13 +137,20 @@ class CVAEModule(L.LightningModule):
         first = batch_idx * self.hparams.data["batch_size"]  # batches are in order; the last one may be shorter
         graded = max(0, min(len(images), self.hparams.eval["val_ssim_images"] - first))
         if graded:
-            self.val_ssim.update(ssim_per_image(quantize_uint8(images[:graded]), quantize_uint8(reconstructions[:graded])))
+            self.val_ssim.update(
+                ssim_per_image(quantize_uint8(images[:graded]), quantize_uint8(reconstructions[:graded]))
+            )
         self.log("val/ssim", self.val_ssim)
 
     def on_test_start(self):
         """Fit (or reload) eval.sampler to the weights under test: Lightning has loaded them by now."""
         checkpoint = self.trainer.ckpt_path
-        self.sampler = fitted_sampler(self, self.hparams.eval.get("sampler", "prior"), Path(checkpoint) if checkpoint else None, self.trainer.datamodule)
+        self.sampler = fitted_sampler(
+            self,
+            self.hparams.eval.get("sampler", "prior"),
+            Path(checkpoint) if checkpoint else None,
+            self.trainer.datamodule,
+        )
 
     def on_test_epoch_start(self):
         self.test_records = []
@@ -161,8 +171,12 @@ class CVAEModule(L.LightningModule):
             self.test_mse.update(*_targets(self.cvae.sample(condition).float(), images, mask))
             self.log("test/mse", self.test_mse)
         if self.hparams.eval.get("nll_samples", 0):
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):  # the Score's draws stay as without it
-                nll, neg_elbo = importance_sampled_nll(self.cvae, self.objective, images, condition, mask, self.hparams.eval["nll_samples"])
+            with torch.random.fork_rng(
+                devices=[self.device] if self.device.type == "cuda" else []
+            ):  # the Score's draws stay as without it
+                nll, neg_elbo = importance_sampled_nll(
+                    self.cvae, self.objective, images, condition, mask, self.hparams.eval["nll_samples"]
+                )
             self.test_nll.update(nll)
             self.test_neg_elbo.update(neg_elbo)
             self.log_dict({"test/nll": self.test_nll, "test/neg_elbo": self.test_neg_elbo})
@@ -173,13 +187,32 @@ class CVAEModule(L.LightningModule):
         originals, reconstructions, labels = (torch.cat(parts) for parts in zip(*self.test_records))
         self.test_records = []
         generated, generated_labels = generate_per_class(
-            self.cvae, self.hparams.eval["samples_per_class"], self.hparams.data["batch_size"], self.device, self.sampler
+            self.cvae,
+            self.hparams.eval["samples_per_class"],
+            self.hparams.data["batch_size"],
+            self.device,
+            self.sampler,
         )
-        metrics = grade(originals, reconstructions, labels, generated, generated_labels, self.cvae.latent_dim, self.cvae.is_conditional)
+        metrics = grade(
+            originals,
+            reconstructions,
+            labels,
+            generated,
+            generated_labels,
+            self.cvae.latent_dim,
+            self.cvae.is_conditional,
+        )
         if self.hparams.eval.get("classifier_metrics", False):
-            classifier, self.classifier_record = load_or_train(self.trainer.datamodule, self.hparams.eval["classifier_dir"])
-            conditioned = generated_labels if self.cvae.is_conditional else None  # an unconditional model's samples have no class to hit
-            metrics.update(classifier_metrics(classifier, originals, generated, conditioned), classifier_accuracy=self.classifier_record["test_accuracy"])
+            classifier, self.classifier_record = load_or_train(
+                self.trainer.datamodule, self.hparams.eval["classifier_dir"]
+            )
+            conditioned = (
+                generated_labels if self.cvae.is_conditional else None
+            )  # an unconditional model's samples have no class to hit
+            metrics.update(
+                classifier_metrics(classifier, originals, generated, conditioned),
+                classifier_accuracy=self.classifier_record["test_accuracy"],
+            )
         self.log_dict({f"test/{name}": value for name, value in metrics.items()})
         if self.hparams.eval["save_images"]:
             save_grader_images(Path(self.trainer.default_root_dir), reconstructions, generated, generated_labels)
@@ -202,7 +235,9 @@ class CVAEModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def _targets(predictions: torch.Tensor, images: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _targets(
+    predictions: torch.Tensor, images: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The target pixels of predictions and images (all of them without a mask)."""
     if mask is None:
         return predictions, images

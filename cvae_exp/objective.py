@@ -17,7 +17,9 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1)
 
 
-def gaussian_kl_between(mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor, prior_logvar: torch.Tensor) -> torch.Tensor:
+def gaussian_kl_between(
+    mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor, prior_logvar: torch.Tensor
+) -> torch.Tensor:
     """KL(N(mu, diag exp(logvar)) || N(prior_mu, diag exp(prior_logvar))) in closed form, per row."""
     mu, logvar, prior_mu, prior_logvar = mu.float(), logvar.float(), prior_mu.float(), prior_logvar.float()
     ratio = (logvar - prior_logvar).exp()
@@ -30,7 +32,9 @@ def gaussian_log_prob(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -
     return -0.5 * ((z - mu).pow(2) / logvar.exp() + logvar + LOG_2PI).sum(dim=-1)
 
 
-def diagonal_mixture_log_prob(z: torch.Tensor, means: torch.Tensor, logvars: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
+def diagonal_mixture_log_prob(
+    z: torch.Tensor, means: torch.Tensor, logvars: torch.Tensor, log_weights: torch.Tensor
+) -> torch.Tensor:
     """log sum_k w_k N(z; mu_k, diag exp(logvar_k)) for z of shape (..., D) and components of
     shape (K, D), or (N, K, D) for z of shape (..., N, D) (one mixture per row). The squared
     distances expand into matrix products, so (..., K, D) never exists in memory: a VampPrior's

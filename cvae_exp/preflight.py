@@ -59,12 +59,19 @@ class Preflight(Callback):
         with _reported():
             sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
             if config.get("resume"):
-                raise UserInputError(f"resume={config.resume!r} continues one run; it cannot be part of a multirun (-m). Resume each run on its own.")
-            local = config.hydra.launcher._target_.endswith(("BasicLauncher", "JoblibLauncher"))  # jobs run on this machine
+                raise UserInputError(
+                    f"resume={config.resume!r} continues one run; it cannot be part of a multirun (-m). Resume "
+                    "each run on its own."
+                )
+            local = config.hydra.launcher._target_.endswith(
+                ("BasicLauncher", "JoblibLauncher")
+            )  # jobs run on this machine
             jobs = []
             for number, overrides in enumerate(job_overrides(config)):
                 try:
-                    job = compose(config_name=kwargs.get("config_name", "train"), overrides=overrides, return_hydra_config=True)
+                    job = compose(
+                        config_name=kwargs.get("config_name", "train"), overrides=overrides, return_hydra_config=True
+                    )
                 except HydraException as error:
                     raise composition_error(error, overrides) from None
                 with read_write(job.hydra.runtime), open_dict(job.hydra.runtime):
@@ -88,9 +95,15 @@ class Preflight(Callback):
         for metrics_file in sorted(sweep_dir.glob("*/metrics.json")):
             status = json.loads(metrics_file.read_text()).get("status", "unknown")
             statuses.setdefault(status, []).append(metrics_file.parent.name)
-        counts = ", ".join(f"{len(jobs)} {status}" + (f" (jobs {' '.join(jobs)})" if status == "failed" else "") for status, jobs in statuses.items())
+        counts = ", ".join(
+            f"{len(jobs)} {status}" + (f" (jobs {' '.join(jobs)})" if status == "failed" else "")
+            for status, jobs in statuses.items()
+        )
         place = display_path(sweep_dir)
-        print(f"cvae-train: multirun finished: {counts or 'no job wrote metrics.json'}. Sweep dir: {place}; tabulate it with: cvae-table {place}")
+        print(
+            f"cvae-train: multirun finished: {counts or 'no job wrote metrics.json'}. Sweep dir: {place}; "
+            f"tabulate it with: cvae-table {place}"
+        )
         if "failed" in statuses:
             sys.exit(1)
 
@@ -133,7 +146,9 @@ def _in_job(prefix: str):
         raise UserInputError(f"{prefix}{error}") from None
 
 
-def check_job(config: DictConfig, devices_here: bool = True, prefix: str = "", data_checked: set[str] | None = None) -> None:
+def check_job(
+    config: DictConfig, devices_here: bool = True, prefix: str = "", data_checked: set[str] | None = None
+) -> None:
     """Validate a job's config and load its data, once per distinct data config
     (`data_checked` remembers them)."""
     task = task_config(config)
@@ -206,9 +221,12 @@ def continue_run(config: DictConfig) -> tuple[dict, list[str]]:
         top = key.split(".")[0]
         if top in RUN_DEFINING and key != "data.root" and OmegaConf.select(saved, key) != override.value():
             raise UserInputError(
-                f"Cannot change {key} (to {override.value()!r}, saved {OmegaConf.select(saved, key)!r}) of a resumed run: "
-                f"resume={config.resume!r} trains on the checkpoint of that run, whose {', '.join(RUN_DEFINING)} are fixed; "
-                f"start a new run with {key}={override.value()} (ckpt_path=... starts it from that checkpoint's weights)."
+                f"Cannot change {key} (to {override.value()!r}, saved {OmegaConf.select(saved, key)!r}) of a "
+                "resumed run: "
+                f"resume={config.resume!r} trains on the checkpoint of that run, whose "
+                f"{', '.join(RUN_DEFINING)} are fixed; "
+                f"start a new run with {key}={override.value()} (ckpt_path=... starts it from that "
+                "checkpoint's weights)."
             )
         OmegaConf.update(saved, key, override.value(), force_add=True)
     done = _epochs_in(last, run_dir)
@@ -249,7 +267,8 @@ def _epochs_in(last: Path, run_dir: Path) -> int:
         advice = (
             f"{intact[0][0].relative_to(run_dir)} is intact ({intact[0][1]} epochs): copy it over last.ckpt "
             f"(cp {intact[0][0]} {last}) and resume again, or start a new run from it with ckpt_path={intact[0][0]}"
-            if intact else "no intact epoch checkpoint is left; start a new run"
+            if intact
+            else "no intact epoch checkpoint is left; start a new run"
         )
         raise UserInputError(
             f"Cannot resume resume={str(run_dir)!r}: checkpoints/last.ckpt cannot be read ({type(error).__name__}); "

@@ -32,10 +32,16 @@ def build(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> tuple[Tens
     loggers = [instantiate(logger) for logger in (cfg.logger or {}).values()]
     callbacks = [instantiate(callback) for callback in (cfg.callbacks or {}).values()]
     timer = Timer(duration=cfg.trainer.get("max_time"))  # Lightning ignores trainer.max_time beside a Timer of ours
-    callbacks = [c for c in callbacks if loggers or not isinstance(c, LearningRateMonitor)] + [timer] + list(extra_callbacks)
+    callbacks = (
+        [c for c in callbacks if loggers or not isinstance(c, LearningRateMonitor)] + [timer] + list(extra_callbacks)
+    )
     checkpointing = any(isinstance(callback, ModelCheckpoint) for callback in callbacks)
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, enable_checkpointing=checkpointing, enable_model_summary=False
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        enable_checkpointing=checkpointing,
+        enable_model_summary=False,
     )
     return datamodule, module, trainer
 
@@ -57,7 +63,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.paths.output_dir)
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
-    val_metrics = torch.load(best, map_location="cpu", weights_only=False)["val_metrics"] if best else module.validation_metrics()
+    val_metrics = (
+        torch.load(best, map_location="cpu", weights_only=False)["val_metrics"] if best else module.validation_metrics()
+    )
     evaluator = trainer if trainer.world_size == 1 else single_device_trainer(trainer, loggers=trainer.loggers)
     (test_metrics,) = evaluator.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
     summary = run_summary(cfg)
@@ -97,8 +105,13 @@ def single_device_trainer(trainer: L.Trainer, loggers: list) -> L.Trainer:
     The accelerator is named by its device type: given as an object, Lightning would set
     up bf16-mixed autocast for CUDA and fall back to float32 on a CPU."""
     return L.Trainer(
-        accelerator=trainer.strategy.root_device.type, devices=1, precision=trainer.precision, logger=loggers or False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=trainer.default_root_dir,
+        accelerator=trainer.strategy.root_device.type,
+        devices=1,
+        precision=trainer.precision,
+        logger=loggers or False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=trainer.default_root_dir,
     )
 
 

@@ -36,7 +36,10 @@ from cvae_exp.errors import UserInputError, report_and_exit
 from cvae_exp.eval import find_checkpoint, load_module
 
 MODES = ("grid", "interpolate", "traverse")
-KEYS = "labels (class numbers, e.g. [0,3]), n (int), out (image path), mode (grid|interpolate|traverse), dim (int), span (float), steps (int), seed (int), sampler (prior|gmm|flow), data_root (path)"
+KEYS = (
+    "labels (class numbers, e.g. [0,3]), n (int), out (image path), mode (grid|interpolate|traverse), dim (int), "
+    "span (float), steps (int), seed (int), sampler (prior|gmm|flow), data_root (path)"
+)
 
 
 @dataclass
@@ -71,7 +74,9 @@ def parse_overrides(overrides: list[str]) -> SampleConfig:
     if config.mode not in MODES:
         raise UserInputError(f"mode={config.mode!r} is not a mode; choose one of {', '.join(MODES)}.")
     if Path(config.out).suffix.lower() not in Image.registered_extensions():
-        raise UserInputError(f"out={config.out!r} needs an image file extension such as .png or .jpg, which picks the format.")
+        raise UserInputError(
+            f"out={config.out!r} needs an image file extension such as .png or .jpg, which picks the format."
+        )
     return config
 
 
@@ -105,7 +110,10 @@ def completions(module, labels, config: SampleConfig):
     from cvae_exp import visualize
 
     if config.mode != "grid":
-        raise UserInputError(f"mode={config.mode} draws from labels; this run's task ({type(module.task).__name__}) conditions on images, so only mode=grid (completions of test images) applies.")
+        raise UserInputError(
+            f"mode={config.mode} draws from labels; this run's task ({type(module.task).__name__}) conditions "
+            "on images, so only mode=grid (completions of test images) applies."
+        )
     data = dataset(module, config)
     data.setup()
     images, test_labels = data.splits["test"]
@@ -147,7 +155,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         if not argv:
-            raise UserInputError("missing the checkpoint: pass a .ckpt file or a run directory first, then key=value arguments (see cvae-sample --help).")
+            raise UserInputError(
+                "missing the checkpoint: pass a .ckpt file or a run directory first, then key=value arguments "
+                "(see cvae-sample --help)."
+            )
         config = parse_overrides(argv[1:])
         checkpoint = find_checkpoint(Path(argv[0]))
         grid = draw(load_module(checkpoint), config, checkpoint)

@@ -37,9 +37,15 @@ class GaussianMixtureSampler(nn.Module):
         for label in range(len(self.means)):
             points = codes[labels == label].double().cpu().numpy()
             if len(points) < self.settings["components"]:
-                raise ValueError(f"class {label} has {len(points)} training images, fewer than eval.gmm_components={self.settings['components']}")
+                raise ValueError(
+                    f"class {label} has {len(points)} training images, fewer than "
+                    f"eval.gmm_components={self.settings['components']}"
+                )
             mixture = GaussianMixture(
-                self.settings["components"], covariance_type=self.settings["covariance"], reg_covar=1e-5, random_state=self.settings["seed"]
+                self.settings["components"],
+                covariance_type=self.settings["covariance"],
+                reg_covar=1e-5,
+                random_state=self.settings["seed"],
             ).fit(points)
             covariances = torch.as_tensor(mixture.covariances_)
             covariances = torch.diag_embed(covariances) if self.settings["covariance"] == "diag" else covariances
@@ -60,7 +66,13 @@ class _Coupling(nn.Module):
         super().__init__()
         self.register_buffer("mask", mask)
         dim = len(mask)
-        self.net = nn.Sequential(nn.Linear(dim + embedding_dim, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 2 * dim))
+        self.net = nn.Sequential(
+            nn.Linear(dim + embedding_dim, width),
+            nn.ReLU(),
+            nn.Linear(width, width),
+            nn.ReLU(),
+            nn.Linear(width, 2 * dim),
+        )
         nn.init.zeros_(self.net[-1].weight)  # starts as the identity
         nn.init.zeros_(self.net[-1].bias)
 
@@ -87,7 +99,9 @@ class FlowSampler(nn.Module):
         self.settings = dict(layers=layers, steps=steps, width=width, seed=seed)
         self.embedding = nn.Embedding(num_classes, 16)
         half = torch.arange(latent_dim) % 2
-        self.couplings = nn.ModuleList(_Coupling((half if i % 2 else 1 - half).float(), width, 16) for i in range(layers))
+        self.couplings = nn.ModuleList(
+            _Coupling((half if i % 2 else 1 - half).float(), width, 16) for i in range(layers)
+        )
         self.register_buffer("center", torch.zeros(latent_dim))
         self.register_buffer("scale", torch.ones(latent_dim))
 
@@ -128,9 +142,13 @@ class FlowSampler(nn.Module):
 def build(name: str, eval_config: dict, num_classes: int, latent_dim: int) -> nn.Module:
     """An unfitted sampler of `name` with the settings of `eval_config` (EvalConfig's keys)."""
     if name == "gmm":
-        return GaussianMixtureSampler(num_classes, latent_dim, eval_config.get("gmm_components", 10), eval_config.get("gmm_covariance", "full"))
+        return GaussianMixtureSampler(
+            num_classes, latent_dim, eval_config.get("gmm_components", 10), eval_config.get("gmm_covariance", "full")
+        )
     if name == "flow":
-        return FlowSampler(num_classes, latent_dim, eval_config.get("flow_layers", 6), eval_config.get("flow_steps", 3000))
+        return FlowSampler(
+            num_classes, latent_dim, eval_config.get("flow_layers", 6), eval_config.get("flow_steps", 3000)
+        )
     raise ValueError(f"eval.sampler={name!r} is not one of {SAMPLERS}")
 
 
@@ -138,7 +156,8 @@ def require_applicable(cvae, name: str) -> None:
     """A fitted sampler needs class labels as the condition and a latent variable."""
     if name != "prior" and (not cvae.labels_condition or cvae.encoder is None):
         raise UserInputError(
-            f"Invalid sampler {name!r} for this run: it fits a density per class to the posterior codes, so it needs labels "
+            f"Invalid sampler {name!r} for this run: it fits a density per class to the posterior codes, so it "
+            "needs labels "
             f"as the condition (task=label) and a latent variable (not prior=none); use sampler prior here."
         )
 

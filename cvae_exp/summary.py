@@ -2,13 +2,13 @@
 `hparams`, TensorBoard's HParams tab and cvae-table's columns. Kept free of heavy imports,
 so that cvae-table reads runs without loading torch."""
 
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 
-def run_summary(cfg: DictConfig, choices: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def run_summary(cfg: DictConfig, choices: dict[str, Any] | None = None) -> dict[str, Any]:
     """`cfg` is a run's config, `choices` Hydra's runtime choices of config groups
     (by default those of the running job)."""
     if choices is None:
@@ -41,4 +41,7 @@ def _parameters(group: str, node: Any) -> dict[str, Any]:
     if not node:
         return {}
     values = {key: value for key, value in node.items() if not str(key).startswith("_")}
-    return {f"{group}.{key}": value if isinstance(value, (int, float, str, bool)) or value is None else str(list(value)) for key, value in values.items()}
+    return {
+        f"{group}.{key}": value if isinstance(value, (int, float, str, bool)) or value is None else str(list(value))
+        for key, value in values.items()
+    }

@@ -23,15 +23,34 @@ from cvae_exp.summary import run_summary
 
 SHOWN = ["epochs", "latent_dim", "lr"]  # always shown; other hyperparameters when they vary
 METRICS = ("ssim", "mse", "fid", "score", "score_uncapped", "nll", "neg_elbo")  # columns where any run has them
-PLOTTED = {"score": "Score (capped)", "nll": "-log p(target | condition), nats", "mse": "test MSE over the target pixels"}  # the first some run has
-DIGITS = {"ssim": 4, "mse": 4, "fid": 4, "score": 2, "score_uncapped": 2, "nll": 2, "neg_elbo": 2, "report_score": 2, "diff": 2, "train_min": 1, "beta": 4}
+PLOTTED = {
+    "score": "Score (capped)",
+    "nll": "-log p(target | condition), nats",
+    "mse": "test MSE over the target pixels",
+}  # the first some run has
+DIGITS = {
+    "ssim": 4,
+    "mse": 4,
+    "fid": 4,
+    "score": 2,
+    "score_uncapped": 2,
+    "nll": 2,
+    "neg_elbo": 2,
+    "report_score": 2,
+    "diff": 2,
+    "train_min": 1,
+    "beta": 4,
+}
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     """Rows in job order; every job dir Hydra created counts, finished or not."""
     jobs = sorted((path.parent for path in sweep_dir.glob("*/.hydra")), key=_job_order)
     if not jobs:
-        raise UserInputError(f"No runs found in {str(sweep_dir)!r}: expected job directories with a .hydra/ folder, as a Hydra multirun writes them (e.g. outputs/multiruns/<time>).")
+        raise UserInputError(
+            f"No runs found in {str(sweep_dir)!r}: expected job directories with a .hydra/ folder, as a Hydra "
+            "multirun writes them (e.g. outputs/multiruns/<time>)."
+        )
     return [_row(job) for job in jobs]
 
 
@@ -52,8 +71,12 @@ def _row(job: Path) -> dict[str, Any]:
         return {"run": job.name, **_configured(job), "status": "missing (no metrics.json: still running, or killed)"}
     test, reference = metrics.get("test", {}), metrics.get("reference") or {}
     row = {
-        "run": job.name, **{key: value for key, value in _configured(job).items() if key != "report_score"}, **metrics["hparams"],
-        "report_score": reference.get("score"), "reference": reference.get("source"), **{key: test.get(key) for key in METRICS},
+        "run": job.name,
+        **{key: value for key, value in _configured(job).items() if key != "report_score"},
+        **metrics["hparams"],
+        "report_score": reference.get("score"),
+        "reference": reference.get("source"),
+        **{key: test.get(key) for key in METRICS},
         "train_min": metrics["train_time_s"] / 60 if "train_time_s" in metrics else None,
         "status": metrics["status"] if "reason" not in metrics else f"{metrics['status']}: {metrics['reason']}",
     }
@@ -68,7 +91,11 @@ def _configured(job: Path) -> dict[str, Any]:
         cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
         choices = OmegaConf.load(job / ".hydra" / "hydra.yaml").hydra.runtime.choices
         reference = cfg.get("reference") or {}
-        return {**run_summary(cfg, choices), "report_score": reference.get("score"), "reference": reference.get("source")}
+        return {
+            **run_summary(cfg, choices),
+            "report_score": reference.get("score"),
+            "reference": reference.get("source"),
+        }
     except Exception:  # a damaged job dir still gets its row
         return {}
 
@@ -81,7 +108,14 @@ def metrics_in(rows: list[dict[str, Any]]) -> list[str]:
 
 def varied_in(rows: list[dict[str, Any]]) -> list[str]:
     """The hyperparameters that differ between runs, besides those always shown."""
-    hyper = list(dict.fromkeys(key for row in rows for key in row if key not in ("run", "reference", "status", "report_score", "diff", "train_min", *METRICS)))
+    hyper = list(
+        dict.fromkeys(
+            key
+            for row in rows
+            for key in row
+            if key not in ("run", "reference", "status", "report_score", "diff", "train_min", *METRICS)
+        )
+    )
     return [key for key in hyper if key not in SHOWN and len({str(row.get(key)) for row in rows}) > 1]
 
 
@@ -90,7 +124,17 @@ def columns_for(rows: list[dict[str, Any]]) -> list[str]:
     hyperparameters, the published score if any, metrics, status."""
     published = ["report_score"] if any(row.get("report_score") is not None for row in rows) else []
     sourced = ["reference"] if any(row.get("reference") for row in rows) else []
-    return ["run", *sourced, *SHOWN, *varied_in(rows), *published, *metrics_in(rows), *(["diff"] if published else []), "train_min", "status"]
+    return [
+        "run",
+        *sourced,
+        *SHOWN,
+        *varied_in(rows),
+        *published,
+        *metrics_in(rows),
+        *(["diff"] if published else []),
+        "train_min",
+        "status",
+    ]
 
 
 def group_by_seed(rows: list[dict[str, Any]], varied: list[str]) -> list[dict[str, Any]]:
@@ -121,7 +165,13 @@ def _format(column: str, value: Any) -> str:
     if column == "lr":
         return f"{value:g}"
     if column in DIGITS and isinstance(value, (int, float)):
-        return f"{value:+.{DIGITS[column]}f}" if column == "diff" else f"{value:.{DIGITS[column]}g}" if column == "beta" else f"{value:.{DIGITS[column]}f}"
+        return (
+            f"{value:+.{DIGITS[column]}f}"
+            if column == "diff"
+            else f"{value:.{DIGITS[column]}g}"
+            if column == "beta"
+            else f"{value:.{DIGITS[column]}f}"
+        )
     return str(value)
 
 
@@ -172,10 +222,15 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or args.sweep_dir
     try:
         if not args.sweep_dir.is_dir():
-            raise UserInputError(f"The sweep directory {str(args.sweep_dir)!r} does not exist or is not a directory; pass the directory of a Hydra multirun (e.g. outputs/multiruns/<time>).")
+            raise UserInputError(
+                f"The sweep directory {str(args.sweep_dir)!r} does not exist or is not a directory; pass the "
+                "directory of a Hydra multirun (e.g. outputs/multiruns/<time>)."
+            )
         rows = collect(args.sweep_dir)
         if out.exists() and not out.is_dir():
-            raise UserInputError(f"--out {str(out)!r} is a file; pass a directory for table.md, table.csv and table.png.")
+            raise UserInputError(
+                f"--out {str(out)!r} is a file; pass a directory for table.md, table.csv and table.png."
+            )
     except UserInputError as error:
         report_and_exit(error, "cvae-table")
     columns, varied = columns_for(rows), SHOWN + varied_in(rows)
@@ -186,7 +241,9 @@ def main(argv: list[str] | None = None) -> None:
     print((out / "table.md").read_text(), end="")
     seeds = group_by_seed(rows, varied)
     if any(group["runs"] > 1 for group in seeds):
-        seed_columns = ["runs", "seeds", *[c for c in varied if c != "seed"]] + [f"{m}_{s}" for m in metrics_in(rows) for s in ("mean", "std")]
+        seed_columns = ["runs", "seeds", *[c for c in varied if c != "seed"]] + [
+            f"{m}_{s}" for m in metrics_in(rows) for s in ("mean", "std")
+        ]
         write_markdown(seeds, seed_columns, out / "table_seeds.md")
         write_csv(seeds, seed_columns, out / "table_seeds.csv")
         print("\nOver seeds (mean, std):\n" + (out / "table_seeds.md").read_text(), end="")

@@ -41,7 +41,10 @@ class QuadrantTask(LabelTask):
 
     def __init__(self, observed: int = 1):
         if observed not in self.OBSERVED:
-            raise ValueError(f"task.observed={observed!r} is not 1, 2 or 3 (observed quadrants: 1 bottom-left, 2 left half, 3 all but bottom-right)")
+            raise ValueError(
+                f"task.observed={observed!r} is not 1, 2 or 3 (observed quadrants: 1 bottom-left, 2 left half, "
+                "3 all but bottom-right)"
+            )
         self.observed = observed
 
     def condition_shape(self, image_shape):
@@ -77,13 +80,18 @@ class InpaintTask(QuadrantTask):
 
     def __init__(self, min_size: int = 8, max_size: int = 16):
         if not 1 <= min_size <= max_size:
-            raise ValueError(f"task.min_size={min_size!r} and task.max_size={max_size!r} must satisfy 1 <= min_size <= max_size")
+            raise ValueError(
+                f"task.min_size={min_size!r} and task.max_size={max_size!r} must satisfy 1 <= min_size <= max_size"
+            )
         self.min_size, self.max_size = min_size, max_size
 
     def condition_shape(self, image_shape):
         channels, height, width = image_shape
         if self.max_size > min(height, width):
-            raise ValueError(f"task.max_size={self.max_size} does not fit in the {height}x{width} images; allowed: at most {min(height, width)}")
+            raise ValueError(
+                f"task.max_size={self.max_size} does not fit in the {height}x{width} images; allowed: at most "
+                f"{min(height, width)}"
+            )
         return (channels + 1, height, width)
 
     def __call__(self, images, labels, generator=None):
@@ -123,7 +131,10 @@ class SuperresTask(LabelTask):
         channels, height, width = image_shape
         if height % self.factor or width % self.factor:
             allowed = [factor for factor in range(2, min(height, width) + 1) if height % factor == 0 == width % factor]
-            raise ValueError(f"task.factor={self.factor} does not divide the {height}x{width} images; allowed: {', '.join(map(str, allowed))}")
+            raise ValueError(
+                f"task.factor={self.factor} does not divide the {height}x{width} images; allowed: "
+                f"{', '.join(map(str, allowed))}"
+            )
         return (channels, height // self.factor, width // self.factor)
 
     def __call__(self, images, labels, generator=None):

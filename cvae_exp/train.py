@@ -46,16 +46,27 @@ def closing_line(metrics: dict[str, Any], run_dir: Path, seconds: float) -> str:
     test = metrics["test"]
     if "score" in test:  # the label task, graded by the lab's formula
         sampler = f", z from {metrics['sampler']}" if metrics.get("sampler", "prior") != "prior" else ""
-        result = f"test score {test['score']:.2f} (ssim {test['ssim']:.4f}, mse {test['mse']:.4f}, fid {test['fid']:.2f}{sampler})"
+        result = (
+            f"test score {test['score']:.2f} (ssim {test['ssim']:.4f}, mse {test['mse']:.4f}, fid "
+            f"{test['fid']:.2f}{sampler})"
+        )
         if "classifier_fid" in test:
-            accuracy = f"samples classified as their class {test['sample_accuracy']:.1%}, " if "sample_accuracy" in test else ""
-            result += f"; {accuracy}classifier fid {test['classifier_fid']:.2f} (classifier test accuracy {test['classifier_accuracy']:.1%})"
+            accuracy = (
+                f"samples classified as their class {test['sample_accuracy']:.1%}, "
+                if "sample_accuracy" in test
+                else ""
+            )
+            result += (
+                f"; {accuracy}classifier fid {test['classifier_fid']:.2f} (classifier test accuracy "
+                f"{test['classifier_accuracy']:.1%})"
+            )
     else:  # an image-conditioned task: its objective and the error of a prediction over the target pixels
         result = f"test loss {test['loss']:.2f} (mse {test['mse']:.4f} over the target pixels)"
     if "nll" in test:
         result += f", -log p {test['nll']:.2f} nats (negative ELBO {test['neg_elbo']:.2f})"
     return (
-        f"cvae-train: {metrics['status']} in {seconds:.0f} s ({metrics['epochs']} epoch{'s' * (metrics['epochs'] != 1)} in all): "
+        f"cvae-train: {metrics['status']} in {seconds:.0f} s ({metrics['epochs']} "
+        f"epoch{'s' * (metrics['epochs'] != 1)} in all): "
         f"{result}. Run dir: {place}"
     )
 
@@ -74,7 +85,9 @@ def job(cfg: DictConfig) -> float:
 
         metrics = train(cfg)
     except Exception as error:
-        reason = str(error) if isinstance(error, (UserInputError, TrainingDiverged)) else f"{type(error).__name__}: {error}"
+        reason = (
+            str(error) if isinstance(error, (UserInputError, TrainingDiverged)) else f"{type(error).__name__}: {error}"
+        )
         metrics = {"status": "failed", "reason": reason, "hparams": run_summary(cfg)}
         if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0:  # one record under data parallelism
             write_json(run_dir / "metrics.json", metrics)
@@ -122,7 +135,21 @@ def exit_without_teardown() -> None:
 
 def fixed_overrides(arguments: list[str]) -> list[str]:
     """The key=value arguments that are no sweep, without Hydra's flags and hydra.* keys."""
-    takes_value = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun", "--info", "-i"}
+    takes_value = {
+        "--cfg",
+        "-c",
+        "--package",
+        "-p",
+        "--config-path",
+        "-cp",
+        "--config-name",
+        "-cn",
+        "--config-dir",
+        "-cd",
+        "--experimental-rerun",
+        "--info",
+        "-i",
+    }
     overrides, skip = [], False
     for argument in arguments:
         if skip or argument.startswith("-"):

@@ -84,7 +84,10 @@ def interpolation(
     start_labels = _checked_labels(cvae, start_labels, name="start_labels")
     end_labels = _checked_labels(cvae, end_labels, name="end_labels")
     if len(start_labels) != len(end_labels):
-        raise ValueError(f"start_labels has {len(start_labels)} entries and end_labels {len(end_labels)}: pass one end image per start image")
+        raise ValueError(
+            f"start_labels has {len(start_labels)} entries and end_labels {len(end_labels)}: pass one end "
+            "image per start image"
+        )
     start, _ = cvae.posterior(_checked_images(cvae, start_images, start_labels, name="start_images"), start_labels)
     end, _ = cvae.posterior(_checked_images(cvae, end_images, end_labels, name="end_images"), end_labels)
     return _interpolate(cvae, start, end, start_labels, steps)
@@ -106,7 +109,10 @@ def traversal(cvae: CVAE, labels: torch.Tensor, dim: int, span: float = 3.0, ste
     labels = _checked_labels(cvae, labels)
     _check_at_least("steps", steps, 2)
     if not 0 <= dim < cvae.latent_dim:
-        raise ValueError(f"dim={dim} is not a latent coordinate: the model's latent_dim is {cvae.latent_dim}, so dim must be in 0..{cvae.latent_dim - 1}")
+        raise ValueError(
+            f"dim={dim} is not a latent coordinate: the model's latent_dim is {cvae.latent_dim}, so dim must "
+            f"be in 0..{cvae.latent_dim - 1}"
+        )
     z = torch.zeros(len(labels) * steps, cvae.latent_dim, device=labels.device)
     z[:, dim] = torch.linspace(-span, span, steps, device=labels.device).repeat(len(labels))
     return _grid(cvae.decode(z, labels.repeat_interleave(steps)), columns=steps)
@@ -121,7 +127,14 @@ def completions(cvae: CVAE, task, images: torch.Tensor, labels: torch.Tensor, n:
     images = images.to(_device(cvae))
     condition, _ = task(images, labels.to(images.device), torch.Generator().manual_seed(0))
     predictions = task.complete(condition.repeat_interleave(n, dim=0), cvae.sample(condition, n).float())
-    rows = torch.cat([task.show(condition, cvae.image_shape)[:, None], predictions.view(len(images), n, *cvae.image_shape), images[:, None]], dim=1)
+    rows = torch.cat(
+        [
+            task.show(condition, cvae.image_shape)[:, None],
+            predictions.view(len(images), n, *cvae.image_shape),
+            images[:, None],
+        ],
+        dim=1,
+    )
     return _grid(rows.flatten(0, 1), columns=n + 2)
 
 
@@ -144,15 +157,24 @@ def _device(cvae: CVAE) -> torch.device:
 
 def _checked_labels(cvae: CVAE, labels, name: str = "labels") -> torch.Tensor:
     labels = torch.as_tensor(labels, device=_device(cvae))
-    if labels.dim() != 1 or len(labels) == 0 or labels.is_floating_point() or not ((labels >= 0) & (labels < cvae.num_classes)).all():
-        raise ValueError(f"{name}={labels.tolist()} must be a non-empty list of class numbers in 0..{cvae.num_classes - 1}")
+    if (
+        labels.dim() != 1
+        or len(labels) == 0
+        or labels.is_floating_point()
+        or not ((labels >= 0) & (labels < cvae.num_classes)).all()
+    ):
+        raise ValueError(
+            f"{name}={labels.tolist()} must be a non-empty list of class numbers in 0..{cvae.num_classes - 1}"
+        )
     return labels
 
 
 def _checked_images(cvae: CVAE, images: torch.Tensor, labels: torch.Tensor, name: str = "images") -> torch.Tensor:
     expected = (len(labels), *cvae.image_shape)
     if tuple(images.shape) != expected:
-        raise ValueError(f"{name} has shape {tuple(images.shape)}, expected {expected}: one {cvae.image_shape} image per label")
+        raise ValueError(
+            f"{name} has shape {tuple(images.shape)}, expected {expected}: one {cvae.image_shape} image per label"
+        )
     return images.to(labels.device)
 
 

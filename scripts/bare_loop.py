@@ -39,7 +39,10 @@ class PlainLoop:
     def __init__(self, cfg: DictConfig, batches, device: torch.device):
         torch.manual_seed(cfg.seed)
         self.model = instantiate(
-            cfg.model, conditioning=instantiate(cfg.conditioning), image_shape=list(cfg.data.image_shape), num_classes=cfg.data.num_classes
+            cfg.model,
+            conditioning=instantiate(cfg.conditioning),
+            image_shape=list(cfg.data.image_shape),
+            num_classes=cfg.data.num_classes,
         ).to(device)
         self.optimizer = instantiate(cfg.optim)(self.model.parameters())  # the config's, as the framework's
         self.objective = Objective(**cfg.loss)
@@ -59,7 +62,9 @@ class PlainLoop:
         self.times.append(now(self.device) - start)
 
 
-def tensor_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, limit: int | None, device: torch.device):
+def tensor_batches(
+    images: torch.Tensor, labels: torch.Tensor, batch_size: int, limit: int | None, device: torch.device
+):
     """The bare loop's data: a random permutation per epoch indexing uint8 tensors on the device."""
     images, labels = images.to(device), labels.to(device)
 
@@ -72,7 +77,9 @@ def tensor_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", help="a YAML file with the model, conditioning, data, loss, optim, seed and trainer nodes")
+    parser.add_argument(
+        "config", help="a YAML file with the model, conditioning, data, loss, optim, seed and trainer nodes"
+    )
     parser.add_argument("epochs", type=int)
     parser.add_argument("--data-root", required=True, help="a directory holding MNIST/raw/")
     parser.add_argument("--limit-batches", type=int, default=None)
@@ -81,8 +88,14 @@ def main() -> None:
     cfg, device = OmegaConf.load(args.config), torch.device(args.device)
     mnist = datasets.MNIST(args.data_root, train=True)  # read from MNIST/raw, never downloaded
     # as many training images as the framework's split keeps; which ones does not change the time
-    keep = torch.randperm(len(mnist.targets), generator=torch.Generator().manual_seed(0))[: len(mnist.targets) - cfg.data.val_size]
-    loop = PlainLoop(cfg, tensor_batches(mnist.data[keep, None], mnist.targets[keep], cfg.data.batch_size, args.limit_batches, device), device)
+    keep = torch.randperm(len(mnist.targets), generator=torch.Generator().manual_seed(0))[
+        : len(mnist.targets) - cfg.data.val_size
+    ]
+    loop = PlainLoop(
+        cfg,
+        tensor_batches(mnist.data[keep, None], mnist.targets[keep], cfg.data.batch_size, args.limit_batches, device),
+        device,
+    )
     for _ in range(args.epochs):
         loop.epoch()
     print(json.dumps({"epochs_s": loop.times}))

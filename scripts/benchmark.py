@@ -46,6 +46,7 @@ from statistics import median
 
 import lightning as L
 import torch
+from bare_loop import PlainLoop, now, tensor_batches  # scripts/bare_loop.py, beside this file
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
@@ -58,8 +59,6 @@ from cvae_exp.config import compose_train, validate
 from cvae_exp.data import ImageSplits
 from cvae_exp.run import build
 
-from bare_loop import PlainLoop, now, tensor_batches  # scripts/bare_loop.py, beside this file
-
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
@@ -69,7 +68,9 @@ def random_mnist(root: Path) -> ImageSplits:
     generator = torch.Generator().manual_seed(0)
 
     def split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=generator), torch.randint(0, 10, (n,), generator=generator)
+        return torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=generator), torch.randint(
+            0, 10, (n,), generator=generator
+        )
 
     return ImageSplits(*split(60_000), *split(10_000))
 
@@ -138,7 +139,11 @@ def benchmark(overrides: list[str], real: bool, root: Path, args, device: torch.
         datamodule.setup()
         images, labels = datamodule.splits["train"]  # the framework's 50k training images, for every path
         batch_size, limit = cfg.data.batch_size, args.limit_batches
-        pipeline_data = Subset(datasets.MNIST(root, train=True, download=True, transform=ToTensor()), range(len(labels))) if real else PILImages(images, labels)
+        pipeline_data = (
+            Subset(datasets.MNIST(root, train=True, download=True, transform=ToTensor()), range(len(labels)))
+            if real
+            else PILImages(images, labels)
+        )
         loops = {
             "bare": PlainLoop(cfg, tensor_batches(images, labels, batch_size, limit, device), device),
             "pipeline_w0": PlainLoop(cfg, loader_batches(pipeline_data, batch_size, 0, limit), device),
@@ -150,9 +155,21 @@ def benchmark(overrides: list[str], real: bool, root: Path, args, device: torch.
         start = now(device)
         trainer.test(module, datamodule=datamodule, verbose=False)
         eval_s = now(device) - start
-    framework, bare, w0, w2 = (median(times[1:]) for times in (timer.training, *(loop.times for loop in loops.values())))
-    row = {"framework_s": framework, "framework_whole_s": median(timer.whole[1:]), "bare_s": bare, "pipeline_w0_s": w0, "pipeline_w2_s": w2}
-    row |= {"framework/bare": framework / bare, "pipeline_w0/framework": w0 / framework, "pipeline_w2/framework": w2 / framework}
+    framework, bare, w0, w2 = (
+        median(times[1:]) for times in (timer.training, *(loop.times for loop in loops.values()))
+    )
+    row = {
+        "framework_s": framework,
+        "framework_whole_s": median(timer.whole[1:]),
+        "bare_s": bare,
+        "pipeline_w0_s": w0,
+        "pipeline_w2_s": w2,
+    }
+    row |= {
+        "framework/bare": framework / bare,
+        "pipeline_w0/framework": w0 / framework,
+        "pipeline_w2/framework": w2 / framework,
+    }
     row |= {"eval_s": eval_s, "eval/epoch": eval_s / framework}
     return {key: round(value, 4) for key, value in row.items()}
 
@@ -163,13 +180,23 @@ PHASES = {  # SimpleProfiler actions -> the phase they belong to
     "validation steps": ("[Strategy]SingleDeviceStrategy.validation_step",),
     "checkpoint writes": ("save_checkpoint",),
     "image grids": ("[Callback]ImageLogger.on_validation_epoch_end", "[Callback]ImageLogger.on_fit_end"),
-    "test steps + grading": ("[Strategy]SingleDeviceStrategy.test_step", "[LightningModule]CVAEModule.on_test_epoch_end"),
+    "test steps + grading": (
+        "[Strategy]SingleDeviceStrategy.test_step",
+        "[LightningModule]CVAEModule.on_test_epoch_end",
+    ),
 }
 
 
 def run_cli(overrides: list[str], run_dir: Path) -> tuple[float, dict]:
     """`cvae-train` as a user runs it; its wall time and metrics.json."""
-    command = [sys.executable, "-m", "cvae_exp.train", *overrides, f"hydra.run.dir={run_dir}", "callbacks.progress_bar.refresh_rate=0"]
+    command = [
+        sys.executable,
+        "-m",
+        "cvae_exp.train",
+        *overrides,
+        f"hydra.run.dir={run_dir}",
+        "callbacks.progress_bar.refresh_rate=0",
+    ]
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -191,7 +218,10 @@ def profiled_phases(log: Path) -> dict[str, float]:
 
 def bare_script_config(cfg: DictConfig, path: Path) -> Path:
     """The nodes of `cfg` that scripts/bare_loop.py builds its model and loop from, resolved."""
-    nodes = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "conditioning", "data", "loss", "optim")}
+    nodes = {
+        key: OmegaConf.to_container(cfg[key], resolve=True)
+        for key in ("model", "conditioning", "data", "loss", "optim")
+    }
     OmegaConf.save(nodes | {"seed": cfg.seed, "trainer": {"precision": cfg.trainer.precision}}, path)
     return path
 
@@ -199,7 +229,16 @@ def bare_script_config(cfg: DictConfig, path: Path) -> Path:
 def bare_script(config: Path, root: Path, epochs: int, limit: int | None, device: torch.device) -> tuple[float, float]:
     """scripts/bare_loop.py as its own process: its wall time from start to exit, and the
     sum of its training epochs."""
-    command = [sys.executable, str(Path(__file__).with_name("bare_loop.py")), str(config), str(epochs), "--data-root", str(root), "--device", device.type]
+    command = [
+        sys.executable,
+        str(Path(__file__).with_name("bare_loop.py")),
+        str(config),
+        str(epochs),
+        "--data-root",
+        str(root),
+        "--device",
+        device.type,
+    ]
     command += ["--limit-batches", str(limit)] if limit else []
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
@@ -215,7 +254,13 @@ def whole_run(args, root: Path, real: bool, device: torch.device, common: list[s
     the same drift of a noisy machine; then one profiled run for the split by phase."""
     epochs = args.whole_run
     limits = [override for override in common if override.startswith("++trainer.limit_")]  # --limit-batches: smoke runs
-    overrides = ["experiment=report_genmodel", f"trainer.max_epochs={epochs}", f"data.root='{root}'", f"trainer.accelerator={device.type}", *limits]
+    overrides = [
+        "experiment=report_genmodel",
+        f"trainer.max_epochs={epochs}",
+        f"data.root='{root}'",
+        f"trainer.accelerator={device.type}",
+        *limits,
+    ]
     if not real:
         raise SystemExit(f"--whole-run needs MNIST under {root}/MNIST/raw (see README)")
     with tempfile.TemporaryDirectory() as folder:
@@ -230,23 +275,45 @@ def whole_run(args, root: Path, real: bool, device: torch.device, common: list[s
             wall, metrics = run_cli(overrides, folder / f"plain{repeat}")
             bare_wall, bare_epochs = bare_script(bare_config, root, epochs, args.limit_batches, device)
             runs.append({"wall": wall, "metrics": metrics, "bare_wall": bare_wall, "bare_epochs": bare_epochs})
-            print(f"repeat {repeat + 1}: cvae-train end to end {wall:.1f} s; bare script {bare_wall:.1f} s end to end, "
-                  f"{bare_epochs:.1f} s of it training epochs; ratios {wall / bare_epochs:.2f} and {wall / bare_wall:.2f}")
+            print(
+                f"repeat {repeat + 1}: cvae-train end to end {wall:.1f} s; bare script {bare_wall:.1f} s end to end, "
+                f"{bare_epochs:.1f} s of it training epochs; ratios {wall / bare_epochs:.2f} and {wall / bare_wall:.2f}"
+            )
         # without the sanity check, which the plain runs do before their fit's timer starts
         # (it falls in the first row below): its validation steps would count twice
-        _, profiled = run_cli([*overrides, "++trainer.profiler=simple", "++trainer.num_sanity_val_steps=0"], folder / "profiled")
+        _, profiled = run_cli(
+            [*overrides, "++trainer.profiler=simple", "++trainer.num_sanity_val_steps=0"], folder / "profiled"
+        )
         phases = profiled_phases(folder / "profiled" / "train.log")
     median_run = sorted(runs, key=lambda run: run["wall"] / run["bare_epochs"])[len(runs) // 2]
-    wall, bare_epochs, bare_wall, metrics = median_run["wall"], median_run["bare_epochs"], median_run["bare_wall"], median_run["metrics"]
-    print(f"\ncvae-train experiment=report_genmodel trainer.max_epochs={epochs}, end to end: {wall:.1f} s; "
-          f"bare script: {bare_wall:.1f} s end to end, its {epochs} training epochs {bare_epochs:.1f} s")
+    wall, bare_epochs, bare_wall, metrics = (
+        median_run["wall"],
+        median_run["bare_epochs"],
+        median_run["bare_wall"],
+        median_run["metrics"],
+    )
+    print(
+        f"\ncvae-train experiment=report_genmodel trainer.max_epochs={epochs}, end to end: {wall:.1f} s; "
+        f"bare script: {bare_wall:.1f} s end to end, its {epochs} training epochs {bare_epochs:.1f} s"
+    )
     to_epochs = ", ".join(f"{run['wall'] / run['bare_epochs']:.2f}" for run in runs)
     to_script = ", ".join(f"{run['wall'] / run['bare_wall']:.2f}" for run in runs)
     print(f"ratio whole run / bare training epochs: {wall / bare_epochs:.2f} (the median of {len(runs)}: {to_epochs})")
-    print(f"ratio whole run / bare script end to end (its Python start, imports and MNIST read included): {wall / bare_wall:.2f} (same runs: {to_script})")
-    print(f"\nwhere the framework's time went, in seconds: the median run's fit took {metrics['train_time_s']:.1f} s, the profiled run's {profiled['train_time_s']:.1f} s;")
-    print("the phases come from the profiled run, the first row from the median one (its wall time less its fit and test):")
-    fit_rest = profiled["train_time_s"] - sum(phases[p] for p in ("training steps", "validation steps", "checkpoint writes", "image grids"))
+    print(
+        "ratio whole run / bare script end to end (its Python start, imports and MNIST read included): "
+        f"{wall / bare_wall:.2f} (same runs: {to_script})"
+    )
+    print(
+        "\nwhere the framework's time went, in seconds: the median run's fit took "
+        f"{metrics['train_time_s']:.1f} s, the profiled run's {profiled['train_time_s']:.1f} s;"
+    )
+    print(
+        "the phases come from the profiled run, the first row from the median one (its wall time less its fit "
+        "and test):"
+    )
+    fit_rest = profiled["train_time_s"] - sum(
+        phases[p] for p in ("training steps", "validation steps", "checkpoint writes", "image grids")
+    )
     rows = {
         "start-up, data, checks, sanity check, other": wall - metrics["train_time_s"] - phases["test steps + grading"],
         **phases,
@@ -256,7 +323,10 @@ def whole_run(args, root: Path, real: bool, device: torch.device, common: list[s
         print(f"  {phase:<58} {seconds:7.2f}")
     training = phases["training steps"] / epochs
     per_epoch = (phases["validation steps"] + phases["checkpoint writes"]) / epochs
-    print(f"\nper epoch: training steps {training:.2f} s, validation + checkpoint writes {per_epoch:.2f} s ({100 * per_epoch / training:.0f}% of training)")
+    print(
+        f"\nper epoch: training steps {training:.2f} s, validation + checkpoint writes {per_epoch:.2f} s "
+        f"({100 * per_epoch / training:.0f}% of training)"
+    )
     print(f"the bare script's start (Python, imports, MNIST read, model): {bare_wall - bare_epochs:.1f} s")
 
 
@@ -269,24 +339,45 @@ def cpu_model() -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    cells = [list(rows[0])] + [[f"{value:.3f}" if isinstance(value, float) else str(value) for value in row.values()] for row in rows]
+    cells = [list(rows[0])] + [
+        [f"{value:.3f}" if isinstance(value, float) else str(value) for value in row.values()] for row in rows
+    ]
     widths = [max(len(row[column]) for row in cells) for column in range(len(cells[0]))]
     for row in cells:
         print("  ".join(cell.rjust(width) for cell, width in zip(row, widths)))
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per path, after one warm-up epoch")
     parser.add_argument("--models", nargs="+", default=["mlp", "conv"], choices=["mlp", "conv"])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[128, 1024])
     parser.add_argument("--precisions", nargs="+", default=["32-true", "bf16-mixed"], choices=["32-true", "bf16-mixed"])
-    parser.add_argument("--data-root", type=Path, default=Path("data"), help="a directory holding MNIST/raw/ (else random data)")
+    parser.add_argument(
+        "--data-root", type=Path, default=Path("data"), help="a directory holding MNIST/raw/ (else random data)"
+    )
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmark/benchmark.csv"))
-    parser.add_argument("--limit-batches", type=int, default=None, help="for smoke runs: at most K batches per epoch in every path and stage")
+    parser.add_argument(
+        "--limit-batches",
+        type=int,
+        default=None,
+        help="for smoke runs: at most K batches per epoch in every path and stage",
+    )
     parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
-    parser.add_argument("--whole-run", type=int, metavar="N", help="time cvae-train end to end (report model, N epochs) against a bare loop")
-    parser.add_argument("--repeats", type=int, default=3, help="with --whole-run: timed pairs of a run and a bare loop, in turn (the median is reported)")
+    parser.add_argument(
+        "--whole-run",
+        type=int,
+        metavar="N",
+        help="time cvae-train end to end (report model, N epochs) against a bare loop",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="with --whole-run: timed pairs of a run and a bare loop, in turn (the median is reported)",
+    )
     args = parser.parse_args()
     if args.epochs < 1:
         parser.error("--epochs must be at least 1 (a median needs a timed epoch)")
@@ -297,19 +388,38 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
+    device = torch.device(
+        "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
     root, real = args.data_root.resolve(), has_mnist(args.data_root.resolve())
     gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
-    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs; torch {torch.__version__}, {torch.get_num_threads()} threads; device {device}{gpu}")
-    print(f"data: MNIST from {root}" if real else f"data: random uint8 tensors of MNIST's shape (60k train / 10k test, seed 0): no MNIST files in {root}/MNIST/raw")
+    print(
+        f"machine: {cpu_model()}, {os.cpu_count()} CPUs; torch {torch.__version__}, {torch.get_num_threads()} "
+        f"threads; device {device}{gpu}"
+    )
+    print(
+        f"data: MNIST from {root}"
+        if real
+        else (
+            "data: random uint8 tensors of MNIST's shape (60k train / 10k test, seed 0): no MNIST files in "
+            f"{root}/MNIST/raw"
+        )
+    )
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)  # no per-run banners between the results
 
-    common = ["data=mnist", f"data.root='{root}'", f"trainer.accelerator={device.type}", f"trainer.max_epochs={args.epochs + 1}"]
+    common = [
+        "data=mnist",
+        f"data.root='{root}'",
+        f"trainer.accelerator={device.type}",
+        f"trainer.max_epochs={args.epochs + 1}",
+    ]
     common += ["callbacks.progress_bar.refresh_rate=0"]  # printing would be timed too
     if not real:
         common += [f"data.source._target_={random_mnist.__module__}.random_mnist", "~data.source.dataset"]
-        common += ["eval.classifier_metrics=false"]  # a classifier of random pixels measures nothing, and must not be cached as MNIST's
+        common += [
+            "eval.classifier_metrics=false"
+        ]  # a classifier of random pixels measures nothing, and must not be cached as MNIST's
     if args.limit_batches:
         common += [f"++trainer.limit_{stage}_batches={args.limit_batches}" for stage in ("train", "val", "test")]
     if args.whole_run:
@@ -317,10 +427,18 @@ def main() -> None:
     rows = []
     for model, batch_size, precision in itertools.product(args.models, args.batch_sizes, args.precisions):
         overrides = [*common, f"model={model}", f"data.batch_size={batch_size}", f"trainer.precision={precision}"]
-        config = {"model": model, "batch_size": batch_size, "precision": precision, "data": "mnist" if real else "random"}
+        config = {
+            "model": model,
+            "batch_size": batch_size,
+            "precision": precision,
+            "data": "mnist" if real else "random",
+        }
         rows.append(config | benchmark(overrides, real, root, args, device))
 
-    print(f"\nmedian epoch times in seconds (training phase; framework_whole_s adds validation and checkpoints), {args.epochs} timed epochs after 1 warm-up")
+    print(
+        "\nmedian epoch times in seconds (training phase; framework_whole_s adds validation and checkpoints), "
+        f"{args.epochs} timed epochs after 1 warm-up"
+    )
     print_table(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w", newline="") as file:

@@ -35,7 +35,9 @@ def simplified_fid(generated: np.ndarray, real: np.ndarray) -> float:
 
 
 def grade(run: Path, data_root: str | None) -> dict[str, float]:
-    hparams = torch.load(find_checkpoint(run), map_location="cpu", weights_only=False)["hyper_parameters"]  # the run's data and latent size
+    hparams = torch.load(find_checkpoint(run), map_location="cpu", weights_only=False)[
+        "hyper_parameters"
+    ]  # the run's data and latent size
     datamodule = instantiate(dict(hparams["data"], **({"root": data_root} if data_root else {})))
     datamodule.setup("test")
     images, labels = (tensor.numpy() for tensor in datamodule.splits["test"])
@@ -45,7 +47,9 @@ def grade(run: Path, data_root: str | None) -> dict[str, float]:
     mse = float(np.mean(((originals / 255.0 - reconstructions / 255.0) ** 2).reshape(len(originals), -1).mean(1)))
     classes = sorted(int(folder.name) for folder in (run / "gen").iterdir())
     fids = [
-        simplified_fid(np.stack([read_png(path) for path in (run / "gen" / str(c)).glob("*.png")]), originals[labels == c])
+        simplified_fid(
+            np.stack([read_png(path) for path in (run / "gen" / str(c)).glob("*.png")]), originals[labels == c]
+        )
         for c in classes
     ]
     fid = float(np.mean(fids))
@@ -61,14 +65,19 @@ def main() -> None:
     parser.add_argument("--metrics", type=Path, help="the JSON to compare with [<run>/metrics.json]")
     args = parser.parse_args()
     if not (args.run / "recon").is_dir() or not (args.run / "gen").is_dir():
-        sys.exit(f"grade_pngs: {args.run} has no recon/ and gen/ folders; train or evaluate it with eval.save_images=true (cvae-eval --save-images).")
+        sys.exit(
+            f"grade_pngs: {args.run} has no recon/ and gen/ folders; train or evaluate it with "
+            "eval.save_images=true (cvae-eval --save-images)."
+        )
     from_files = grade(args.run, args.data_root)
     recorded = json.loads((args.metrics or args.run / "metrics.json").read_text())["test"]
     print("| metric | from the PNG files | recorded by the run | difference |\n|---|---|---|---|")
     for name, value in from_files.items():
         print(f"| {name} | {value:.4f} | {recorded[name]:.4f} | {value - recorded[name]:+.1e} |")
     if any(abs(value - recorded[name]) > TOLERANCE * max(1.0, abs(value)) for name, value in from_files.items()):
-        sys.exit(f"grade_pngs: the PNG files grade differently from the recorded metrics (tolerance {TOLERANCE} relative).")
+        sys.exit(
+            f"grade_pngs: the PNG files grade differently from the recorded metrics (tolerance {TOLERANCE} relative)."
+        )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,20 @@ from pathlib import Path
 
 from cvae_exp.config import SAMPLERS
 
-COLUMNS = ("run", "train_min", "sampler", "ssim", "mse", "fid", "score", "score_uncapped", "sample_accuracy", "classifier_fid", "sample_precision", "sample_recall")
+COLUMNS = (
+    "run",
+    "train_min",
+    "sampler",
+    "ssim",
+    "mse",
+    "fid",
+    "score",
+    "score_uncapped",
+    "sample_accuracy",
+    "classifier_fid",
+    "sample_precision",
+    "sample_recall",
+)
 
 
 def rows(study: Path) -> list[dict]:
@@ -21,13 +34,26 @@ def rows(study: Path) -> list[dict]:
             path = run / f"eval-{sampler}.json"
             if path.is_file():
                 result = json.loads(path.read_text())
-                found.append({"run": run.name, "train_min": result["train_time_s"] / 60, "sampler": result["sampler"], **result["test"]})
+                found.append(
+                    {
+                        "run": run.name,
+                        "train_min": result["train_time_s"] / 60,
+                        "sampler": result["sampler"],
+                        **result["test"],
+                    }
+                )
     return found
 
 
 def markdown(table: list[dict]) -> str:
     def cell(value) -> str:
-        return f"{value:.4f}" if isinstance(value, float) and abs(value) < 1 else f"{value:.2f}" if isinstance(value, float) else str(value)
+        return (
+            f"{value:.4f}"
+            if isinstance(value, float) and abs(value) < 1
+            else f"{value:.2f}"
+            if isinstance(value, float)
+            else str(value)
+        )
 
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(cell(row[column]) for column in COLUMNS) + " |" for row in table]
@@ -41,17 +67,27 @@ def plot(table: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     panels = (
-        ("score_uncapped", "Score (uncapped)"), ("sample_accuracy", "sample accuracy"),
-        ("classifier_fid", "classifier FID (lower is better)"), ("sample_precision", "precision"), ("sample_recall", "recall"),
+        ("score_uncapped", "Score (uncapped)"),
+        ("sample_accuracy", "sample accuracy"),
+        ("classifier_fid", "classifier FID (lower is better)"),
+        ("sample_precision", "precision"),
+        ("sample_recall", "recall"),
     )
     figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.2))
     markers = dict(zip(SAMPLERS, ("o", "s", "^")))
     for axis, (metric, title) in zip(axes, panels):
         for sampler in SAMPLERS:
             points = [row for row in table if row["sampler"] == sampler]
-            axis.scatter([row["train_min"] for row in points], [row[metric] for row in points], marker=markers[sampler], label=f"z from {sampler}")
+            axis.scatter(
+                [row["train_min"] for row in points],
+                [row[metric] for row in points],
+                marker=markers[sampler],
+                label=f"z from {sampler}",
+            )
             for row in points if sampler == "prior" else ():  # one label per run: its samplers share its training time
-                axis.annotate(row["run"], (row["train_min"], row[metric]), fontsize=7, xytext=(4, 2), textcoords="offset points")
+                axis.annotate(
+                    row["run"], (row["train_min"], row[metric]), fontsize=7, xytext=(4, 2), textcoords="offset points"
+                )
         axis.set(title=title, xlabel="training time (min)")
         axis.grid(alpha=0.3)
     axes[0].legend()
@@ -63,7 +99,9 @@ def main() -> None:
     study = Path(sys.argv[1])
     table = rows(study)
     if not table:
-        sys.exit(f"sampler_table: no eval-<sampler>.json under the runs of {study}; run scripts/reproduce_samplers.sh first.")
+        sys.exit(
+            f"sampler_table: no eval-<sampler>.json under the runs of {study}; run scripts/reproduce_samplers.sh first."
+        )
     (study / "table.md").write_text(markdown(table))
     plot(table, study / "table.png")
     print(markdown(table), end="")

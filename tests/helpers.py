@@ -9,5 +9,8 @@ def run_cli(*args: str, cwd: Path, tool: str = "train") -> subprocess.CompletedP
     """Run `cvae-<tool>` (as `python -m cvae_exp.<tool>`) the way a user does."""
     return subprocess.run(
         [sys.executable, "-m", f"cvae_exp.{tool}", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=600,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )

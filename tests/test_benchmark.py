@@ -14,10 +14,24 @@ COLUMNS = ["model", "batch_size", "precision", "data", *PATHS, *RATIOS, "eval_s"
 def test_smoke_run_times_every_path_and_writes_the_table(tmp_path):
     empty_root, out = tmp_path / "no_mnist", tmp_path / "benchmark.csv"
     empty_root.mkdir()
-    flags = ["--models", "mlp", "--batch-sizes", "64", "--precisions", "32-true", "--epochs", "1", "--limit-batches", "3"]
+    flags = [
+        "--models",
+        "mlp",
+        "--batch-sizes",
+        "64",
+        "--precisions",
+        "32-true",
+        "--epochs",
+        "1",
+        "--limit-batches",
+        "3",
+    ]
     result = subprocess.run(
         [sys.executable, str(SCRIPT), *flags, "--data-root", str(empty_root), "--out", str(out), "--device", "cpu"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "data: random uint8 tensors" in result.stdout

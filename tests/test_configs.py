@@ -9,18 +9,32 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cvae_exp.config import validate
+from cvae_exp.config import CONFIG_DIR, validate
 from cvae_exp.errors import UserInputError
-from cvae_exp.config import CONFIG_DIR
 
-GROUPS = ["data", "model", "conditioning", "task", "prior", "trainer", "callbacks", "logger", "experiment", "table3", "hparams_search", "debug"]
+GROUPS = [
+    "data",
+    "model",
+    "conditioning",
+    "task",
+    "prior",
+    "trainer",
+    "callbacks",
+    "logger",
+    "experiment",
+    "table3",
+    "hparams_search",
+    "debug",
+]
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted(Path(CONFIG_DIR, group).glob("*.yaml"))]
 
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes_and_validates(compose_train, group, option):
     cfg = compose_train([f"{group}={option}"])
-    validate(cfg, devices_here=False)  # trainer=gpu composes here too; whether a GPU exists is checked where the job runs
+    validate(
+        cfg, devices_here=False
+    )  # trainer=gpu composes here too; whether a GPU exists is checked where the job runs
     OmegaConf.to_container(cfg, resolve=True)
 
 
@@ -73,8 +87,14 @@ def test_report_experiments_match_the_protocol(compose_train):
         (["ckpt_path=/no/such.ckpt"], "ckpt_path='/no/such.ckpt'"),
         (["model=conv", "model.encoder.channels=[8,16,32]"], "image shape [1, 28, 28]"),
         # a class Hydra cannot load: its three-line message joined into the paragraph
-        (["callbacks.lr_monitor._target_=lightning.pytorch.callbacks.Nope"], "callbacks.lr_monitor: Error loading 'lightning.pytorch.callbacks.Nope'"),
-        (["task=superres", "task._target_=cvae_exp.tasks.Nope"], "Invalid task config: Error loading 'cvae_exp.tasks.Nope'"),
+        (
+            ["callbacks.lr_monitor._target_=lightning.pytorch.callbacks.Nope"],
+            "callbacks.lr_monitor: Error loading 'lightning.pytorch.callbacks.Nope'",
+        ),
+        (
+            ["task=superres", "task._target_=cvae_exp.tasks.Nope"],
+            "Invalid task config: Error loading 'cvae_exp.tasks.Nope'",
+        ),
         (["model.encoder._target_=cvae_exp.models.Nope"], "Error loading 'cvae_exp.models.Nope'"),
         (["optim._target_=torch.optim.Nadamm"], "optim: Error loading 'torch.optim.Nadamm'"),
     ],
@@ -90,7 +110,10 @@ def test_invalid_values_name_the_key_and_the_allowed_values(compose_train, overr
 @pytest.mark.parametrize(
     "overrides,named",
     [
-        (["model=transformer"], "model=transformer: In 'train': Could not find 'model/transformer'; the options of 'model': conv, mlp."),
+        (
+            ["model=transformer"],
+            "model=transformer: In 'train': Could not find 'model/transformer'; the options of 'model': conv, mlp.",
+        ),
         (["learning_rate=0.1"], "Could not override 'learning_rate': no such key in the config"),
         (["labels=[0,3"], "labels=[0,3: no viable alternative at input '[0,3'"),
     ],
@@ -131,7 +154,17 @@ def refused_in_a_fresh_process(override: str, tmp_path: Path, module: str) -> st
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
 
 
-@pytest.mark.parametrize("override", ["trainer.max_epochs=-1", "+trainer.max_time=1h", "trainer.precision=64", "model.latent_dim=0", "optim.lr=-1", "callbacks.model_checkpoint.monitor=val/los"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "trainer.max_epochs=-1",
+        "+trainer.max_time=1h",
+        "trainer.precision=64",
+        "model.latent_dim=0",
+        "optim.lr=-1",
+        "callbacks.model_checkpoint.monitor=val/los",
+    ],
+)
 def test_config_ranges_are_refused_before_torch_loads(tmp_path, override):
     """A value the config alone can refuse costs no torch or Lightning import (seconds)."""
     output = refused_in_a_fresh_process(override, tmp_path, "torch")
@@ -143,7 +176,10 @@ def test_config_ranges_are_refused_before_torch_loads(tmp_path, override):
 def test_a_missing_device_is_refused_before_lightning_loads(tmp_path):
     """Whether a device exists needs torch, not Lightning's import (seconds more)."""
     output = refused_in_a_fresh_process("trainer.accelerator=cuda", tmp_path, "lightning")
-    assert "refused: Invalid config value trainer.accelerator='cuda': no such device" in output and "loaded: False" in output, output
+    assert (
+        "refused: Invalid config value trainer.accelerator='cuda': no such device" in output
+        and "loaded: False" in output
+    ), output
 
 
 def test_a_bad_value_in_a_later_job_of_a_multirun_is_refused_before_torch_loads(tmp_path):
@@ -157,4 +193,6 @@ def test_a_bad_value_in_a_later_job_of_a_multirun_is_refused_before_torch_loads(
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert "In job 1 (model.latent_dim=0): Invalid config value model.latent_dim=0" in result.stderr, result.stderr
-    assert "exit: 2" in result.stdout and "loaded: False" in result.stdout and not (tmp_path / "sweep").exists(), result.stdout
+    assert "exit: 2" in result.stdout and "loaded: False" in result.stdout and not (tmp_path / "sweep").exists(), (
+        result.stdout
+    )

@@ -12,8 +12,15 @@ from cvae_exp.errors import UserInputError
 
 def digits_module(**overrides) -> TensorDataModule:
     arguments = dict(
-        name="digits", source=load_digits, root=".", image_shape=[1, 28, 28], num_classes=10,
-        batch_size=64, val_size=300, split_seed=0, binarize="none",
+        name="digits",
+        source=load_digits,
+        root=".",
+        image_shape=[1, 28, 28],
+        num_classes=10,
+        batch_size=64,
+        val_size=300,
+        split_seed=0,
+        binarize="none",
     )
     module = TensorDataModule(**{**arguments, **overrides})
     module.setup()
@@ -52,14 +59,16 @@ def test_batches_visit_every_sample_once_per_epoch_in_a_seeded_order():
 def test_batches_are_split_across_ranks_without_overlap():
     labels = torch.arange(50)
     images = torch.zeros(50, 1, 2, 2, dtype=torch.uint8)
-    seen = [torch.cat([y for _, y in TensorBatches(images, labels, 8, shuffle=True, rank=r, world_size=2)]) for r in (0, 1)]
+    seen = [
+        torch.cat([y for _, y in TensorBatches(images, labels, 8, shuffle=True, rank=r, world_size=2)]) for r in (0, 1)
+    ]
     assert sorted(torch.cat(seen).tolist()) == list(range(50))
     assert len(TensorBatches(images, labels, 8, rank=1, world_size=2)) == 4
 
 
 def test_batches_scale_pixels_to_unit_interval():
     images = torch.tensor([0, 51, 255], dtype=torch.uint8).view(3, 1, 1, 1)
-    (x, _), = TensorBatches(images, torch.zeros(3, dtype=torch.long), batch_size=3)
+    ((x, _),) = TensorBatches(images, torch.zeros(3, dtype=torch.long), batch_size=3)
     assert torch.allclose(x.flatten(), torch.tensor([0.0, 0.2, 1.0]))
 
 

@@ -9,8 +9,13 @@ from tests.helpers import run_cli
 
 def test_mnist_loads_offline_with_the_protocol_split(mnist_root):
     module = TensorDataModule(
-        name="mnist", source=lambda root: load_torchvision(root, "MNIST"), root=str(mnist_root),
-        image_shape=[1, 28, 28], num_classes=10, batch_size=1024, val_size=10000,
+        name="mnist",
+        source=lambda root: load_torchvision(root, "MNIST"),
+        root=str(mnist_root),
+        image_shape=[1, 28, 28],
+        num_classes=10,
+        batch_size=1024,
+        val_size=10000,
     )
     module.setup()
     sizes = {name: len(labels) for name, (_, labels) in module.splits.items()}
@@ -23,6 +28,13 @@ def test_mnist_loads_offline_with_the_protocol_split(mnist_root):
 
 def test_cli_trains_on_mnist(mnist_root, tmp_path):
     # eval.classifier_metrics: training MNIST's classifier takes 25 s; the metrics are tested on digits (test_train_e2e)
-    result = run_cli("data=mnist", f"data.root={mnist_root}", "debug=fast", "eval.classifier_metrics=false", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    result = run_cli(
+        "data=mnist",
+        f"data.root={mnist_root}",
+        "debug=fast",
+        "eval.classifier_metrics=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "run" / "metrics.json").is_file()

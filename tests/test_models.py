@@ -114,7 +114,10 @@ def test_decoded_image_depends_on_label_only_when_conditioned(model, conditionin
     train(cvae, images, labels, steps=3, lr=1e-2)
     z = torch.randn(4, cvae.latent_dim)
     with torch.no_grad():
-        as_zeros, as_ones = cvae.decode(z, torch.zeros(4, dtype=torch.long)), cvae.decode(z, torch.ones(4, dtype=torch.long))
+        as_zeros, as_ones = (
+            cvae.decode(z, torch.zeros(4, dtype=torch.long)),
+            cvae.decode(z, torch.ones(4, dtype=torch.long)),
+        )
     if label_matters:
         assert (as_zeros - as_ones).abs().max() > 1e-4
     else:
@@ -149,8 +152,12 @@ def linear_parameters(in_features: int, out_features: int) -> int:
 def test_mlp_concat_is_the_reports_genmodel():
     cvae = build("mlp", "concat")
     pixels, latent = 28 * 28, 20
-    encoder = linear_parameters(pixels + NUM_CLASSES, 400) + linear_parameters(400, 400) + 2 * linear_parameters(400, latent)
-    decoder = linear_parameters(latent + NUM_CLASSES, 400) + linear_parameters(400, 400) + linear_parameters(400, pixels)
+    encoder = (
+        linear_parameters(pixels + NUM_CLASSES, 400) + linear_parameters(400, 400) + 2 * linear_parameters(400, latent)
+    )
+    decoder = (
+        linear_parameters(latent + NUM_CLASSES, 400) + linear_parameters(400, 400) + linear_parameters(400, pixels)
+    )
     assert sum(parameter.numel() for parameter in cvae.parameters()) == encoder + decoder
 
 
@@ -168,12 +175,19 @@ def random_splits(root, num_train: int = 24, num_test: int = 20) -> ImageSplits:
     return ImageSplits(images[:num_train], labels[:num_train], images[num_train:], labels[num_train:])
 
 
-def tiny_module(tmp_path, conditioning: str, val_size: int, val_ssim_images: int) -> tuple[CVAEModule, TensorDataModule]:
+def tiny_module(
+    tmp_path, conditioning: str, val_size: int, val_ssim_images: int
+) -> tuple[CVAEModule, TensorDataModule]:
     """A small MLP CVAEModule and its DataModule over 24 random images, in batches of 8."""
     torch.manual_seed(0)
     data_args = dict(
-        name="random", source=random_splits, root=str(tmp_path), image_shape=[1, 28, 28],
-        num_classes=NUM_CLASSES, batch_size=8, val_size=val_size,
+        name="random",
+        source=random_splits,
+        root=str(tmp_path),
+        image_shape=[1, 28, 28],
+        num_classes=NUM_CLASSES,
+        batch_size=8,
+        val_size=val_size,
     )
     module = CVAEModule(
         model=OmegaConf.to_container(OmegaConf.merge(load_config("model", "mlp"), TINY["mlp"])),
@@ -191,8 +205,16 @@ def test_lightning_module_trains_on_cpu(precision, tmp_path):
     # 24 training images - 8 for validation = one epoch of two batches of 8.
     module, data = tiny_module(tmp_path, "film", val_size=8, val_ssim_images=1000)
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, precision=precision, max_steps=2, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1, default_root_dir=tmp_path,
+        accelerator="cpu",
+        devices=1,
+        precision=precision,
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=1,
+        default_root_dir=tmp_path,
     )
     before = snapshot(module)
     trainer.fit(module, datamodule=data)
@@ -211,10 +233,22 @@ def test_val_ssim_is_the_graders_ssim_over_the_first_images(tmp_path, monkeypatc
     (11 of 16 across two batches of 8; 18 of 20, whose last batch holds 4); val/mse: the whole split."""
     module, data = tiny_module(tmp_path, "concat", val_size=val_size, val_ssim_images=graded)
     evaluate = module._evaluate
-    monkeypatch.setattr(module, "_evaluate", lambda images, condition, mask, stage: (evaluate(images, condition, mask, stage), images.sqrt())[1])  # known reconstructions
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    monkeypatch.setattr(
+        module,
+        "_evaluate",
+        lambda images, condition, mask, stage: (evaluate(images, condition, mask, stage), images.sqrt())[1],
+    )  # known reconstructions
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     (metrics,) = trainer.validate(module, datamodule=data, verbose=False)
     images = data.splits["val"][0].float() / 255
-    expected_ssim = ssim_per_image(quantize_uint8(images[:graded]), quantize_uint8(images[:graded].sqrt())).mean().item()
+    expected_ssim = (
+        ssim_per_image(quantize_uint8(images[:graded]), quantize_uint8(images[:graded].sqrt())).mean().item()
+    )
     assert metrics["val/ssim"] == pytest.approx(expected_ssim, rel=1e-6)
     assert metrics["val/mse"] == pytest.approx((images - images.sqrt()).pow(2).mean().item(), rel=1e-5)

@@ -60,7 +60,9 @@ def test_gaussian_nll_plus_constant_is_normal_log_likelihood(images_and_logits, 
     images, logits = images_and_logits
     log_likelihood = Normal(torch.sigmoid(logits), math.sqrt(var)).log_prob(images).sum(dim=(1, 2, 3))
     num_pixels = math.prod(IMAGE_SHAPE)
-    torch.testing.assert_close(gaussian_nll(images, logits, var) + gaussian_nll_constant(num_pixels, var), -log_likelihood)
+    torch.testing.assert_close(
+        gaussian_nll(images, logits, var) + gaussian_nll_constant(num_pixels, var), -log_likelihood
+    )
 
 
 def test_gaussian_nll_with_variance_half_is_squared_error(images_and_logits):

@@ -23,7 +23,7 @@ from torch.distributions import (
 import cvae_exp.likelihood as likelihood
 from cvae_exp.likelihood import importance_sampled_nll
 from cvae_exp.models.conditioning import Conditioning
-from cvae_exp.models.priors import ConditionalPrior, MixturePrior, NoLatent, StandardPrior, VampPrior
+from cvae_exp.models.priors import ConditionalPrior, MixturePrior, NoLatent, StandardPrior
 from cvae_exp.objective import Objective, diagonal_mixture_log_prob, gaussian_kl, gaussian_kl_between, gaussian_log_prob
 from cvae_exp.tasks import HIDDEN, InpaintTask, QuadrantTask, SuperresTask
 
@@ -70,13 +70,17 @@ def test_gaussian_kl_between_matches_monte_carlo_estimate():
     q, p = normal(mu, logvar), normal(prior_mu, prior_logvar)
     z = q.sample((200_000,))
     log_ratio = (q.log_prob(z) - p.log_prob(z)).sum(-1)
-    assert_within_standard_errors(gaussian_kl_between(*parameters), log_ratio.mean(0), log_ratio.std(0) / math.sqrt(len(z)))
+    assert_within_standard_errors(
+        gaussian_kl_between(*parameters), log_ratio.mean(0), log_ratio.std(0) / math.sqrt(len(z))
+    )
 
 
 def test_gaussian_kl_between_a_standard_prior_is_gaussian_kl():
     """With prior N(0, I) the general KL is the standard one."""
     mu, logvar, _, _ = random_gaussians(2, 5, 4)
-    torch.testing.assert_close(gaussian_kl_between(mu, logvar, torch.zeros_like(mu), torch.zeros_like(mu)), gaussian_kl(mu, logvar))
+    torch.testing.assert_close(
+        gaussian_kl_between(mu, logvar, torch.zeros_like(mu), torch.zeros_like(mu)), gaussian_kl(mu, logvar)
+    )
 
 
 def test_gaussian_log_prob_matches_torch_distributions_with_broadcasting():
@@ -116,7 +120,9 @@ def test_conditional_prior_starts_as_the_standard_normal(condition_shape):
     prior, condition = conditional_prior(condition_shape, randomise=False), conditions(condition_shape)
     mu, logvar, _, _ = random_gaussians(6, len(condition), LATENT)
     prior_mu, prior_logvar = prior.parameters_for(condition)
-    assert torch.equal(prior_mu, torch.zeros(len(condition), LATENT)) and torch.equal(prior_logvar, torch.zeros(len(condition), LATENT))
+    assert torch.equal(prior_mu, torch.zeros(len(condition), LATENT)) and torch.equal(
+        prior_logvar, torch.zeros(len(condition), LATENT)
+    )
     with torch.no_grad():
         torch.testing.assert_close(prior.kl(mu, logvar, mu, condition), gaussian_kl(mu, logvar))
 
@@ -164,13 +170,17 @@ def mixture_prior(components: int = 4) -> MixturePrior:
 
 
 def torch_mixture(prior: MixturePrior) -> MixtureSameFamily:
-    means, logvars, logits = (parameter.detach().double() for parameter in (prior.means, prior.logvars, prior.weight_logits))
+    means, logvars, logits = (
+        parameter.detach().double() for parameter in (prior.means, prior.logvars, prior.weight_logits)
+    )
     return MixtureSameFamily(Categorical(logits=logits), Independent(normal(means, logvars), 1))
 
 
 def test_mixture_prior_has_one_component_per_class_by_default():
     prior = MixturePrior(LATENT, Conditioning(NUM_CLASSES))
-    assert prior.means.shape == prior.logvars.shape == (NUM_CLASSES, LATENT) and prior.weight_logits.shape == (NUM_CLASSES,)
+    assert prior.means.shape == prior.logvars.shape == (NUM_CLASSES, LATENT) and prior.weight_logits.shape == (
+        NUM_CLASSES,
+    )
 
 
 def test_mixture_prior_log_prob_matches_torch_mixture_same_family():
@@ -180,7 +190,9 @@ def test_mixture_prior_log_prob_matches_torch_mixture_same_family():
     z = 2 * torch.randn(5, 6, LATENT, generator=torch.Generator().manual_seed(1))
     condition = torch.zeros(6, dtype=torch.long)
     with torch.no_grad():
-        torch.testing.assert_close(prior.log_prob(z[0], condition), torch_mixture(prior).log_prob(z[0].double()).float())
+        torch.testing.assert_close(
+            prior.log_prob(z[0], condition), torch_mixture(prior).log_prob(z[0].double()).float()
+        )
         torch.testing.assert_close(prior.log_prob(z, condition), torch_mixture(prior).log_prob(z.double()).float())
 
 
@@ -211,7 +223,9 @@ def test_mixture_prior_kl_is_log_q_minus_log_p_and_averages_to_the_kl():
     mu, logvar, z, _ = random_gaussians(3, 4, LATENT)
     condition = torch.zeros(4, dtype=torch.long)
     with torch.no_grad():
-        expected = normal(mu.double(), logvar.double()).log_prob(z.double()).sum(-1) - torch_mixture(prior).log_prob(z.double())
+        expected = normal(mu.double(), logvar.double()).log_prob(z.double()).sum(-1) - torch_mixture(prior).log_prob(
+            z.double()
+        )
         torch.testing.assert_close(prior.kl(mu, logvar, z, condition).double(), expected, rtol=1e-5, atol=1e-5)
 
         q = normal(mu.double(), logvar.double())
@@ -234,8 +248,15 @@ def test_diagonal_mixture_log_prob_matches_torch_for_shared_and_per_row_componen
     log_weights = torch.randn(7, generator=generator).log_softmax(0)
     for shape in [(7, LATENT), (6, 7, LATENT)]:
         means, logvars = 1.5 * torch.randn(*shape, generator=generator), torch.randn(*shape, generator=generator)
-        mixture = MixtureSameFamily(Categorical(logits=log_weights.double()), Independent(normal(means.double(), logvars.double()), 1))
-        torch.testing.assert_close(diagonal_mixture_log_prob(z, means, logvars, log_weights).double(), mixture.log_prob(z.double()), rtol=1e-5, atol=1e-5)
+        mixture = MixtureSameFamily(
+            Categorical(logits=log_weights.double()), Independent(normal(means.double(), logvars.double()), 1)
+        )
+        torch.testing.assert_close(
+            diagonal_mixture_log_prob(z, means, logvars, log_weights).double(),
+            mixture.log_prob(z.double()),
+            rtol=1e-5,
+            atol=1e-5,
+        )
 
 
 # 4. The VampPrior and NoLatent inside a CVAE.
@@ -270,8 +291,16 @@ def test_vamp_prior_is_the_uniform_mixture_of_posteriors_at_its_pseudo_inputs(co
         for row, label in enumerate(labels):
             posteriors = [cvae.encoder(u[None], label[None]) for u in inputs]
             means, logvars = (torch.cat(part).double() for part in zip(*posteriors))
-            mixture = MixtureSameFamily(Categorical(logits=torch.zeros(len(inputs), dtype=torch.float64)), Independent(normal(means, logvars), 1))
-            torch.testing.assert_close(cvae.prior.log_prob(z, labels)[:, row].double(), mixture.log_prob(z[:, row].double()), rtol=1e-5, atol=1e-5)
+            mixture = MixtureSameFamily(
+                Categorical(logits=torch.zeros(len(inputs), dtype=torch.float64)),
+                Independent(normal(means, logvars), 1),
+            )
+            torch.testing.assert_close(
+                cvae.prior.log_prob(z, labels)[:, row].double(),
+                mixture.log_prob(z[:, row].double()),
+                rtol=1e-5,
+                atol=1e-5,
+            )
 
 
 def test_vamp_prior_samples_have_the_mixtures_moments_and_its_pseudo_inputs_learn():
@@ -348,8 +377,12 @@ def test_quadrant_task_hides_pyros_quadrants(observed, seen_quadrants):
     task = QuadrantTask(observed)
     x = images(3, seed=7)
     condition, mask = task(x, torch.arange(3))
-    quadrants = {"top-left": (slice(0, 14), slice(0, 14)), "top-right": (slice(0, 14), slice(14, 28)),
-                 "bottom-left": (slice(14, 28), slice(0, 14)), "bottom-right": (slice(14, 28), slice(14, 28))}
+    quadrants = {
+        "top-left": (slice(0, 14), slice(0, 14)),
+        "top-right": (slice(0, 14), slice(14, 28)),
+        "bottom-left": (slice(14, 28), slice(0, 14)),
+        "bottom-right": (slice(14, 28), slice(14, 28)),
+    }
     seen = np.zeros((28, 28), dtype=bool)
     for name in seen_quadrants:
         seen[quadrants[name]] = True
@@ -462,7 +495,9 @@ def test_masked_reconstruction_matches_numpy(masked_batch, likelihood_name, use_
     x, logits, mask = masked_batch
     mask = mask if use_mask else None
     got = Objective(likelihood_name, var=0.5).reconstruction(x, logits, mask)
-    np.testing.assert_allclose(got.double().numpy(), numpy_reconstruction(likelihood_name, x, logits, mask), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        got.double().numpy(), numpy_reconstruction(likelihood_name, x, logits, mask), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("use_mask", [True, False], ids=["mask", "all-pixels"])
@@ -473,7 +508,9 @@ def test_masked_gaussian_log_likelihood_matches_torch_distributions(masked_batch
     x, logits, mask = masked_batch
     per_pixel = Normal(torch.sigmoid(logits), math.sqrt(var)).log_prob(x)
     expected = (per_pixel * mask if use_mask else per_pixel).sum(dim=(1, 2, 3))
-    torch.testing.assert_close(Objective("gaussian", var=var).log_likelihood(x, logits, mask if use_mask else None), expected)
+    torch.testing.assert_close(
+        Objective("gaussian", var=var).log_likelihood(x, logits, mask if use_mask else None), expected
+    )
 
 
 @pytest.mark.parametrize("use_mask", [True, False], ids=["mask", "all-pixels"])
@@ -550,7 +587,9 @@ class IdentityGaussianObjective:
 
 
 def importance_nll(model, x, samples):
-    return importance_sampled_nll(model, IdentityGaussianObjective(), x, torch.zeros(len(x), dtype=torch.long), None, samples)
+    return importance_sampled_nll(
+        model, IdentityGaussianObjective(), x, torch.zeros(len(x), dtype=torch.long), None, samples
+    )
 
 
 def test_linear_gaussian_posterior_is_diagonal_and_the_marginal_is_exact():
@@ -560,7 +599,9 @@ def test_linear_gaussian_posterior_is_diagonal_and_the_marginal_is_exact():
     x = model.data(4).double()
     mean, variance = model.exact_posterior(x)
     joint = Normal(mean @ model.W.T + model.b, NOISE).log_prob(x).sum(-1) + Normal(0.0, 1.0).log_prob(mean).sum(-1)
-    torch.testing.assert_close(joint - Normal(mean, variance.sqrt()).log_prob(mean).sum(-1), model.marginal().log_prob(x))
+    torch.testing.assert_close(
+        joint - Normal(mean, variance.sqrt()).log_prob(mean).sum(-1), model.marginal().log_prob(x)
+    )
 
 
 @pytest.mark.parametrize("samples", [1, 10, 1000])

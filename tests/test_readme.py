@@ -50,7 +50,13 @@ SKIPPED = {
 # A command that mentions any of these needs the real MNIST files (README copies them
 # from ../shared/data/MNIST/raw/; the scripts/reproduce_*.sh run MNIST experiments).
 NEEDS_MNIST = (
-    "MNIST", "data=mnist", "experiment=report_", "experiment=sohn_", "experiment=binarized_", "scripts/reproduce_", "/path/to/datasets",
+    "MNIST",
+    "data=mnist",
+    "experiment=report_",
+    "experiment=sohn_",
+    "experiment=binarized_",
+    "scripts/reproduce_",
+    "/path/to/datasets",
 )
 
 # Placeholders of README's commands -> what they stand for here (resolved when the
@@ -88,6 +94,7 @@ UNMAPPED_PLACEHOLDER = re.compile(r"<[A-Za-z][^<>\n]*>")
 
 
 # --- README's commands ----------------------------------------------------------------
+
 
 def bash_blocks(text: str) -> list[tuple[str, list[str]]]:
     """(heading above the block, its commands) for every ```bash block, in order.
@@ -135,6 +142,7 @@ def readme_commands() -> list[str]:
 
 # --- Rewriting a command for this test ---------------------------------------------------
 
+
 def unquoted(text: str):
     """The positions of `text` outside quotes and backslash escapes, as a shell reads it."""
     quote, escaped = None, False
@@ -168,7 +176,7 @@ def split_pipeline(code: str) -> list[str]:
             continue  # the second character of `&&` or `||`
         width = 2 if code.startswith(("&&", "||"), i) else 1 if code[i] in "|;" else 0
         if width:
-            pieces += [code[start:i], code[i:i + width]]
+            pieces += [code[start:i], code[i : i + width]]
             start = i + width
     return pieces + [code[start:]]
 
@@ -210,7 +218,7 @@ def shorten(command: str, mnist_available: bool) -> str:
             continue
         extra = extra_arguments(words, mnist)
         if extra:
-            trailing = piece[len(piece.rstrip()):] or (" " if index + 1 < len(pieces) else "")
+            trailing = piece[len(piece.rstrip()) :] or (" " if index + 1 < len(pieces) else "")
             pieces[index] = piece.rstrip() + " " + " ".join(shlex.quote(word) for word in extra) + trailing
     code = "".join(pieces)
     return f"{code}  {comment}" if comment else code
@@ -232,6 +240,7 @@ def skip_reason(command: str) -> str | None:
 
 # --- Placeholders ---------------------------------------------------------------------------
 
+
 def _newest(directories: list[Path], what: str) -> Path:
     if not directories:
         pytest.fail(f"no {what} to put in for the placeholder: did an earlier README command fail?")
@@ -240,9 +249,13 @@ def _newest(directories: list[Path], what: str) -> Path:
 
 def resolve(kind: str, main: Path) -> Path:
     if kind == "newest_run":
-        return _newest([path.parent for path in (main / "outputs" / "runs").glob("*/metrics.json")], PLACEHOLDER_MEANING[kind])
+        return _newest(
+            [path.parent for path in (main / "outputs" / "runs").glob("*/metrics.json")], PLACEHOLDER_MEANING[kind]
+        )
     if kind == "newest_multirun":
-        return _newest([path for path in (main / "outputs" / "multiruns").glob("*") if path.is_dir()], PLACEHOLDER_MEANING[kind])
+        return _newest(
+            [path for path in (main / "outputs" / "multiruns").glob("*") if path.is_dir()], PLACEHOLDER_MEANING[kind]
+        )
     if kind == "data_root":
         return main / "data"
     raise AssertionError(f"unknown placeholder kind {kind!r}")
@@ -253,11 +266,14 @@ def fill_placeholders(command: str, main: Path) -> str:
         if placeholder in command:
             command = command.replace(placeholder, shlex.quote(str(resolve(PLACEHOLDERS[placeholder], main))))
     left = UNMAPPED_PLACEHOLDER.search(split_comment(command)[0])
-    assert left is None, f"README command has a placeholder this test does not know, {left.group()!r}: add it to PLACEHOLDERS\n  {command}"
+    assert left is None, (
+        f"README command has a placeholder this test does not know, {left.group()!r}: add it to PLACEHOLDERS\n  {command}"
+    )
     return command
 
 
 # --- Running ----------------------------------------------------------------------------------
+
 
 def environment() -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
@@ -282,8 +298,14 @@ def _stop(process: subprocess.Popen) -> None:
 def run_command(command: str, cwd: Path) -> tuple[int | str, str]:
     """(exit status or "timeout", stdout and stderr interleaved)."""
     process = subprocess.Popen(
-        ["bash", "-c", command], cwd=cwd, env=environment(), stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        ["bash", "-c", command],
+        cwd=cwd,
+        env=environment(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     try:
         output, _ = process.communicate(timeout=TIMEOUT_S)
@@ -298,8 +320,14 @@ def run_server(command: str, cwd: Path, log: Path) -> tuple[int | str, str]:
     """Start a server command; 0 once it says it serves and answers a request, else why not."""
     with log.open("w") as sink:
         process = subprocess.Popen(
-            ["bash", "-c", command], cwd=cwd, env=environment(), stdin=subprocess.DEVNULL,
-            stdout=sink, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            ["bash", "-c", command],
+            cwd=cwd,
+            env=environment(),
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
         )
     try:
         deadline = time.monotonic() + TENSORBOARD_WAIT_S
@@ -307,7 +335,9 @@ def run_server(command: str, cwd: Path, log: Path) -> tuple[int | str, str]:
             serving = TENSORBOARD_SERVING.search(log.read_text())
             if serving:
                 with urllib.request.urlopen(serving.group(1), timeout=30) as response:
-                    return (0 if response.status == 200 else f"HTTP {response.status} from {serving.group(1)}"), log.read_text()
+                    return (
+                        0 if response.status == 200 else f"HTTP {response.status} from {serving.group(1)}"
+                    ), log.read_text()
             if process.poll() is not None:
                 return f"exited with {process.returncode} before serving", log.read_text()
             time.sleep(0.5)
@@ -323,7 +353,9 @@ def workspace(tmp_path_factory) -> Path:
     main = root / "main"
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO, capture_output=True, text=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     if listed.returncode == 0:
         for name in filter(None, listed.stdout.split("\0")):
@@ -332,8 +364,13 @@ def workspace(tmp_path_factory) -> Path:
                 (main / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(source, main / name)
     else:  # not a git checkout (an sdist, say)
-        shutil.copytree(REPO, main, ignore=shutil.ignore_patterns(
-            ".git", "outputs", "data", "multirun", "lightning_logs", "__pycache__", "*.egg-info", ".pytest_cache"))
+        shutil.copytree(
+            REPO,
+            main,
+            ignore=shutil.ignore_patterns(
+                ".git", "outputs", "data", "multirun", "lightning_logs", "__pycache__", "*.egg-info", ".pytest_cache"
+            ),
+        )
         (main / "outputs").mkdir(exist_ok=True)
     if SHARED.is_dir():
         (root / "shared").symlink_to(SHARED, target_is_directory=True)
@@ -347,7 +384,9 @@ def test_readme_has_commands():
     assert len(README_COMMANDS) >= 10, f"found only {README_COMMANDS} in README.md's ```bash blocks"
 
 
-@pytest.mark.parametrize("command", README_COMMANDS, ids=[" ".join(command.split())[:60] for command in README_COMMANDS])
+@pytest.mark.parametrize(
+    "command", README_COMMANDS, ids=[" ".join(command.split())[:60] for command in README_COMMANDS]
+)
 def test_readme_command(command, workspace):
     reason = skip_reason(command)
     if reason:
@@ -366,10 +405,16 @@ def test_readme_command(command, workspace):
 def test_setup_block_is_what_ci_runs():
     """README's set-up block is `pip install -e ".[dev]"` and `pytest`, and .ci/run runs
     those very commands, in that order (it may run more after them), stopping at a failure."""
-    setup = [commands for heading, commands in bash_blocks(README.read_text()) if heading.lower().replace("-", "") == "setup"]
+    setup = [
+        commands for heading, commands in bash_blocks(README.read_text()) if heading.lower().replace("-", "") == "setup"
+    ]
     assert setup == [['pip install -e ".[dev]"', "pytest"]], f"README's set-up block(s): {setup}"
     lines = [line.strip() for line in CI_SCRIPT.read_text().splitlines()]
-    assert any(re.match(r"set -\w*e", line) for line in lines), ".ci/run must stop at the first failing command (set -e)"
+    assert any(re.match(r"set -\w*e", line) for line in lines), (
+        ".ci/run must stop at the first failing command (set -e)"
+    )
     ci_commands = [line for line in lines if line and not line.startswith(("#", "set ", "cd "))]
     remaining = iter(ci_commands)
-    assert all(command in remaining for command in setup[0]), f".ci/run runs {ci_commands}, README's set-up block {setup[0]}"
+    assert all(command in remaining for command in setup[0]), (
+        f".ci/run runs {ci_commands}, README's set-up block {setup[0]}"
+    )

@@ -24,7 +24,12 @@ from cvae_exp.module import CVAEModule
 from cvae_exp.train import write_json
 from tests.helpers import run_cli
 
-FAST = ["model.encoder.hidden_dims=[32]", "model.decoder.hidden_dims=[32]", "callbacks.progress_bar.refresh_rate=0", "eval.samples_per_class=20"]
+FAST = [
+    "model.encoder.hidden_dims=[32]",
+    "model.decoder.hidden_dims=[32]",
+    "callbacks.progress_bar.refresh_rate=0",
+    "eval.samples_per_class=20",
+]
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +59,12 @@ def broken_files(tmp_path_factory, trained_run) -> dict[str, Path]:
     (truncated_last / "checkpoints" / "last.ckpt").write_bytes(truncated.read_bytes())
     (folder / "empty_root").mkdir()
     return {
-        "truncated": truncated, "text": text, "no_checkpoint": no_checkpoint, "damaged_metrics": damaged_metrics,
-        "truncated_last": truncated_last, "empty_root": folder / "empty_root",
+        "truncated": truncated,
+        "text": text,
+        "no_checkpoint": no_checkpoint,
+        "damaged_metrics": damaged_metrics,
+        "truncated_last": truncated_last,
+        "empty_root": folder / "empty_root",
     }
 
 
@@ -86,7 +95,11 @@ BAD_INPUTS = [
     ("train", ["callbacks.model_checkpoint.monitor=val/foo"], ["monitor='val/foo'", "val/loss"]),
     ("train", ["eval.nll_samples=-1"], ["eval.nll_samples=-1", ">= 0"]),
     ("train", ["task=quadrants", "task.observed=4"], ["task.observed=4", "1, 2 or 3"]),
-    ("train", ["task=superres", "task.factor=3"], ["task.factor=3", "28x28", "allowed: 2, 4, 7, 14, 28", "configs/task/"]),
+    (
+        "train",
+        ["task=superres", "task.factor=3"],
+        ["task.factor=3", "28x28", "allowed: 2, 4, 7, 14, 28", "configs/task/"],
+    ),
     ("train", ["task=inpaint", "task.max_size=40"], ["task.max_size=40", "28x28", "allowed: at most 28"]),
     ("train", ["task=quadrants", "optimized_metric=val/ssim"], ["optimized_metric='val/ssim'", "label task"]),
     ("train", ["task=colorize"], ["colorize", "quadrants"]),
@@ -101,14 +114,26 @@ BAD_INPUTS = [
     ("train", ["learning_rate=0.1"], ["learning_rate", "+key=value"]),
     ("train", ["model.latnt_dim=3"], ["latnt_dim"]),
     ("train", ["+trainer.max_epoch=3"], ["trainer.max_epoch", "max_epochs"]),
-    ("train", ["model=conv", "model.encoder.channels=[8,16,32]"], ["[1, 28, 28]", "model.encoder.channels", "allows at most 2"]),
-    ("train", ["model=conv", "model.encoder.channels=[]"], ["at least one layer", "model.encoder.channels", "model=mlp"]),
+    (
+        "train",
+        ["model=conv", "model.encoder.channels=[8,16,32]"],
+        ["[1, 28, 28]", "model.encoder.channels", "allows at most 2"],
+    ),
+    (
+        "train",
+        ["model=conv", "model.encoder.channels=[]"],
+        ["at least one layer", "model.encoder.channels", "model=mlp"],
+    ),
     ("train", ["data=mnist", "data.root={empty_root}"], ["{empty_root}", "data=digits"]),
     ("train", ["ckpt_path=/no/such.ckpt"], ["/no/such.ckpt", "existing checkpoint"]),
     ("train", ["ckpt_path={truncated}"], ["truncated.ckpt", "truncated"]),
     ("train", ["ckpt_path={text}"], ["notes.ckpt", "cannot be read"]),
     ("train", ["ckpt_path={run}/checkpoints/last.ckpt", "model.latent_dim=5"], ["another model", "resume=<run dir>"]),
-    ("train", ["ckpt_path={run}/checkpoints/last.ckpt", *FAST[:2], "trainer.max_epochs=1"], ["trainer.max_epochs=1", "2 epochs", "trainer.max_epochs=3"]),
+    (
+        "train",
+        ["ckpt_path={run}/checkpoints/last.ckpt", *FAST[:2], "trainer.max_epochs=1"],
+        ["trainer.max_epochs=1", "2 epochs", "trainer.max_epochs=3"],
+    ),
     ("train", ["hydra.run.dir={text}/run"], ["notes.ckpt is a file", "writable"]),
     ("train", ["hydra.run.dir=/proc/cvae-exp/run"], ["/proc/cvae-exp/run", "writable"]),
     ("train", ["-m", "model.latent_dim=2,0"], ["job 1", "model.latent_dim=0"]),
@@ -117,7 +142,11 @@ BAD_INPUTS = [
     ("train", ["resume={no_checkpoint}"], ["checkpoints/last.ckpt is missing"]),
     ("train", ["resume=/no/such/run"], ["/no/such/run", "not a run directory"]),
     ("train", ["resume={run}", "model=conv"], ["model=conv", "only values"]),
-    ("train", ["resume={run}", "trainer.max_epochs=3", "model.latent_dim=5"], ["model.latent_dim", "to 5", "start a new run"]),
+    (
+        "train",
+        ["resume={run}", "trainer.max_epochs=3", "model.latent_dim=5"],
+        ["model.latent_dim", "to 5", "start a new run"],
+    ),
     ("train", ["resume={run}"], ["is finished after 2 epochs", "trainer.max_epochs=3"]),
     ("train", ["resume={run}", "trainer.max_epochs=1"], ["trainer.max_epochs=1", "2 epochs"]),
     ("train", ["resume={truncated_last}"], ["last.ckpt cannot be read", "epoch_001.ckpt is intact (2 epochs)"]),
@@ -144,7 +173,9 @@ BAD_INPUTS = [
 MAINS = {"train": train.main, "eval": evaluate.main, "sample": sample.main, "table": table.main}
 
 
-@pytest.mark.parametrize("tool,arguments,fragments", BAD_INPUTS, ids=[f"{tool} " + " ".join(a) for tool, a, _ in BAD_INPUTS])
+@pytest.mark.parametrize(
+    "tool,arguments,fragments", BAD_INPUTS, ids=[f"{tool} " + " ".join(a) for tool, a, _ in BAD_INPUTS]
+)
 def test_bad_input_fails_in_one_paragraph_and_changes_no_file(
     tmp_path, monkeypatch, capsys, trained_run, broken_files, tool, arguments, fragments
 ):
@@ -195,7 +226,9 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     killed = tmp_path / "killed"
     process = subprocess.Popen(
         [sys.executable, "-m", "cvae_exp.train", *arguments, f"hydra.run.dir={killed}"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 300
     while not (killed / "checkpoints" / "last.ckpt").exists() and time.monotonic() < deadline:
@@ -212,7 +245,9 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     resumed = json.loads((killed / "metrics.json").read_text())
     assert resumed["epochs"] == 4
     assert resumed["test"] == whole["test"]
-    assert len(list((killed / "tensorboard").glob("events.*"))) > len(list((tmp_path / "whole" / "tensorboard").glob("events.*")))
+    assert len(list((killed / "tensorboard").glob("events.*"))) > len(
+        list((tmp_path / "whole" / "tensorboard").glob("events.*"))
+    )
 
 
 def test_resume_keeps_the_history_of_the_run(tmp_path, trained_run):
@@ -228,7 +263,10 @@ def test_resume_keeps_the_history_of_the_run(tmp_path, trained_run):
         assert "cvae-train: completed" in result.stdout and f"({epochs} epochs in all)" in result.stdout
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epochs"] == 4 and metrics["train_time_s"] > first["train_time_s"]
-    assert [resume["overrides"] for resume in metrics["resumes"]] == [["trainer.max_epochs=3"], ["trainer.max_epochs=4"]]
+    assert [resume["overrides"] for resume in metrics["resumes"]] == [
+        ["trainer.max_epochs=3"],
+        ["trainer.max_epochs=4"],
+    ]
     assert (run / ".hydra" / "overrides.yaml").read_bytes() == overrides_before
     assert "max_epochs: 4" in (run / ".hydra" / "config.yaml").read_text()
     assert metrics["best_checkpoint"].startswith("checkpoints/epoch_")
@@ -263,8 +301,18 @@ def test_last_ckpt_is_the_last_epoch_when_it_is_not_the_best(compose_train, tmp_
     """The default callbacks keep the best epoch and, in last.ckpt, the last one, which
     `resume=` continues from; Lightning's own save_last kept a copy of the best."""
     cfg = compose_train()
-    callbacks = [instantiate(cfg.callbacks[name], dirpath=str(tmp_path)) for name in ("model_checkpoint", "last_checkpoint")]
-    trainer = L.Trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=1, logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)
+    callbacks = [
+        instantiate(cfg.callbacks[name], dirpath=str(tmp_path)) for name in ("model_checkpoint", "last_checkpoint")
+    ]
+    trainer = L.Trainer(
+        max_epochs=3,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+    )
     trainer.fit(ScriptedValidationLoss([3.0, 1.0, 2.0]))
     assert sorted(path.name for path in tmp_path.glob("*.ckpt")) == ["epoch_001.ckpt", "last.ckpt"]
     assert trainer.checkpoint_callback.best_model_path == str(tmp_path / "epoch_001.ckpt")
@@ -302,8 +350,12 @@ def test_divergence_stops_with_the_step_and_keeps_the_last_finite_checkpoint(com
     module = CVAEModule.from_config(cfg)
     checkpoint = ModelCheckpoint(dirpath=tmp_path, monitor="val/loss", save_last=True)
     trainer = L.Trainer(
-        max_epochs=5, accelerator="cpu", logger=False, enable_progress_bar=False,
-        callbacks=[checkpoint, PoisonWeights(epoch=2)], default_root_dir=tmp_path,
+        max_epochs=5,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=[checkpoint, PoisonWeights(epoch=2)],
+        default_root_dir=tmp_path,
     )
     with pytest.raises(TrainingDiverged) as error:
         trainer.fit(module, datamodule=instantiate(cfg.data))

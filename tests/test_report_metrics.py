@@ -22,9 +22,7 @@ from cvae_exp.metrics.report import _window_means
 
 
 def skimage_ssim(orig: np.ndarray, recon: np.ndarray) -> np.ndarray:
-    return np.array(
-        [structural_similarity(o, r, data_range=255) for o, r in zip(orig, recon)]
-    )
+    return np.array([structural_similarity(o, r, data_range=255) for o, r in zip(orig, recon)])
 
 
 def random_uint8(rng: np.random.Generator, *shape: int) -> np.ndarray:
@@ -68,9 +66,7 @@ def test_ssim_digit_reconstructions_match_skimage(digit_pairs):
     orig, recon = digit_pairs
     expected = skimage_ssim(orig, recon)
     assert 0.3 < expected.mean() < 0.98  # the pairs are neither trivial nor unrelated
-    got = ssim_per_image(
-        torch.from_numpy(orig[:, None]), torch.from_numpy(recon[:, None]), chunk_size=32
-    )
+    got = ssim_per_image(torch.from_numpy(orig[:, None]), torch.from_numpy(recon[:, None]), chunk_size=32)
     np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-5)
 
 
@@ -199,12 +195,8 @@ def test_report_score_matches_transcription():
         multiplier = 0.2 + (1 - latent / 784)
         conditional = (ssim * 10 + max(0.1 - mse, 0) * 100 + max(10 - fid, 0)) * multiplier
         unconditional = (ssim * 5 + max(0.1 - mse, 0) * 50) * multiplier
-        assert report_score(ssim, mse, latent, fid=fid) == pytest.approx(
-            (min(conditional, 30), conditional)
-        )
-        assert report_score(ssim, mse, latent) == pytest.approx(
-            (min(unconditional, 10), unconditional)
-        )
+        assert report_score(ssim, mse, latent, fid=fid) == pytest.approx((min(conditional, 30), conditional))
+        assert report_score(ssim, mse, latent) == pytest.approx((min(unconditional, 10), unconditional))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -212,9 +204,7 @@ def test_metrics_on_gpu_match_cpu(digit_pairs):
     orig, recon = (torch.from_numpy(a) for a in digit_pairs)
     labels = torch.arange(len(orig)) % 3
     for metric in (ssim_per_image, mse_per_image):
-        torch.testing.assert_close(
-            metric(orig.cuda(), recon.cuda()).cpu(), metric(orig, recon)
-        )
+        torch.testing.assert_close(metric(orig.cuda(), recon.cuda()).cpu(), metric(orig, recon))
     torch.testing.assert_close(
         simplified_fid(recon.cuda(), labels.cuda(), orig.cuda(), labels.cuda(), 3).cpu(),
         simplified_fid(recon, labels, orig, labels, 3),

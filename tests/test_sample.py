@@ -37,7 +37,11 @@ def run_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     data = config("data", "digits", {"root": str(run), "batch_size": 32})
     module = CVAEModule(
-        model=config("model", "mlp", {"latent_dim": LATENT_DIM, "encoder": {"hidden_dims": [16]}, "decoder": {"hidden_dims": [16]}}),
+        model=config(
+            "model",
+            "mlp",
+            {"latent_dim": LATENT_DIM, "encoder": {"hidden_dims": [16]}, "decoder": {"hidden_dims": [16]}},
+        ),
         conditioning=config("conditioning", "concat"),
         data=data,
         loss={"likelihood": "gaussian", "var": 0.5, "beta": 1.0, "warmup_steps": 0},
@@ -45,8 +49,13 @@ def run_dir(tmp_path_factory) -> Path:
         eval={"val_ssim_images": 1000, "recon_z": "sample", "samples_per_class": 3, "save_images": False},
     )
     trainer = L.Trainer(
-        accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-        default_root_dir=run, callbacks=[ModelCheckpoint(dirpath=run / "checkpoints", save_last=True)],
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=run,
+        callbacks=[ModelCheckpoint(dirpath=run / "checkpoints", save_last=True)],
     )
     trainer.fit(module, datamodule=instantiate(data))
     assert (run / "checkpoints" / "last.ckpt").is_file()
@@ -106,7 +115,9 @@ def test_cli_refuses_a_bad_mode_in_one_paragraph(run_dir, tmp_path):
     command = shutil.which("cvae-sample")
     assert command, "the cvae-sample console script is not installed"
     out = tmp_path / "new" / "grid.png"
-    result = subprocess.run([command, str(run_dir), "mode=bogus", f"out={out}"], capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(
+        [command, str(run_dir), "mode=bogus", f"out={out}"], capture_output=True, text=True, cwd=tmp_path
+    )
     assert result.returncode == 2
     assert "mode='bogus'" in result.stderr and "grid, interpolate, traverse" in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1

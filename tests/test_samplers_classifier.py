@@ -117,17 +117,23 @@ def test_classifier_metrics_match_numpy_and_known_labels():
     real, fake = uint8_images(600, 6), uint8_images(500, 7) // 2
     with torch.no_grad():
         predicted = classifier(fake.float() / 255).argmax(1)
-        real_features, fake_features = (classifier.features(images.float() / 255).double().numpy() for images in (real, fake))
+        real_features, fake_features = (
+            classifier.features(images.float() / 255).double().numpy() for images in (real, fake)
+        )
     labels = predicted.clone()
     labels[:50] = (labels[:50] + 1) % 10  # 50 of 500 wrong: accuracy 0.9 exactly
     metrics = classifier_metrics(classifier, real, fake, labels)
     assert metrics["sample_accuracy"] == pytest.approx(0.9)
     assert accuracy(classifier, fake, predicted) == 1.0
     assert metrics["classifier_fid"] == pytest.approx(numpy_fid(real_features, fake_features), rel=1e-3, abs=1e-4)
-    assert classifier_metrics(classifier, real, real, torch.zeros(len(real), dtype=torch.long))["classifier_fid"] == pytest.approx(0.0, abs=1e-3)
+    assert classifier_metrics(classifier, real, real, torch.zeros(len(real), dtype=torch.long))[
+        "classifier_fid"
+    ] == pytest.approx(0.0, abs=1e-3)
     assert not math.isnan(metrics["classifier_fid"])
     unconditional = classifier_metrics(classifier, real, fake, None)  # samples without a class to hit
-    assert "sample_accuracy" not in unconditional and unconditional["classifier_fid"] == pytest.approx(metrics["classifier_fid"])
+    assert "sample_accuracy" not in unconditional and unconditional["classifier_fid"] == pytest.approx(
+        metrics["classifier_fid"]
+    )
 
 
 def test_a_cached_classifier_serves_only_the_data_it_was_trained_for(tmp_path, compose_train, monkeypatch):
@@ -165,7 +171,9 @@ def test_the_cached_test_reference_gives_the_metrics_computed_without_it(tmp_pat
     bare.load_state_dict(classifier.state_dict())  # no reference: everything computed here
     assert cached == pytest.approx(classifier_metrics(bare, test_images, generated, labels), rel=1e-5, abs=1e-6)
     assert classifier.test_reference["images"] != classifier_module.fingerprint(test_images[:-1])
-    assert classifier_metrics(classifier, test_images[:-1], generated, labels) == classifier_metrics(bare, test_images[:-1], generated, labels)
+    assert classifier_metrics(classifier, test_images[:-1], generated, labels) == classifier_metrics(
+        bare, test_images[:-1], generated, labels
+    )
     saved = torch.load(record["path"], weights_only=False)
     del saved["test_reference"]
     torch.save(saved, record["path"])
@@ -176,6 +184,7 @@ def test_the_cached_test_reference_gives_the_metrics_computed_without_it(tmp_pat
 
 def numpy_precision_recall(real: np.ndarray, fake: np.ndarray, k: int) -> tuple[float, float]:
     """Kynkaanniemi et al.'s definition, brute force in float64 with scipy's distances."""
+
     def radii(points):
         return np.sort(cdist(points, points), axis=1)[:, k]  # column 0 is the point itself
 

@@ -9,15 +9,26 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from tests.helpers import run_cli
 
-FAST = ["model.encoder.hidden_dims=[32]", "model.decoder.hidden_dims=[32]", "callbacks.progress_bar.refresh_rate=0", "eval.samples_per_class=20"]
+FAST = [
+    "model.encoder.hidden_dims=[32]",
+    "model.decoder.hidden_dims=[32]",
+    "callbacks.progress_bar.refresh_rate=0",
+    "eval.samples_per_class=20",
+]
 
 
 @pytest.mark.slow  # two jobs in parallel processes: 17 s; .ci/run runs the slow tests
 def test_joblib_multirun_of_two_seeds_gives_a_table_with_a_seed_column(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli(
-        "-m", *FAST, "debug=fast", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-        f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+        "-m",
+        *FAST,
+        "debug=fast",
+        "seed=1,2",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert {json.loads((sweep / job / "metrics.json").read_text())["hparams"]["seed"] for job in ("0", "1")} == {1, 2}
@@ -29,7 +40,14 @@ def test_joblib_multirun_of_two_seeds_gives_a_table_with_a_seed_column(tmp_path)
 
 def test_optuna_search_maximises_the_returned_validation_metric(tmp_path):
     sweep = tmp_path / "sweep"
-    result = run_cli(*FAST, "hparams_search=optuna", "hydra.sweeper.n_trials=2", "debug=fast", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    result = run_cli(
+        *FAST,
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        "debug=fast",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert set(best["best_params"]) == {"model.latent_dim", "loss.beta", "optim.lr"}
@@ -47,7 +65,15 @@ def test_launcher_configs_compose(tmp_path, launcher, target):
 @pytest.mark.slow  # two DDP processes: 17 s; .ci/run runs the slow tests
 def test_ddp_trains_on_cpu_with_two_processes(tmp_path):
     run = tmp_path / "run"
-    result = run_cli(*FAST, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=2", f"hydra.run.dir={run}", cwd=tmp_path)
+    result = run_cli(
+        *FAST,
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.max_epochs=2",
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "distributed_backend=gloo" in (run / "train.log").read_text()
     metrics = json.loads((run / "metrics.json").read_text())
@@ -63,7 +89,18 @@ def test_tensorboard_holds_image_grids_and_the_hparams_with_final_test_metrics(t
     events.Reload()
     content = events.PluginTagToContent("hparams")
     session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
-    assert {"data", "model", "conditioning", "latent_dim", "beta", "lr", "epochs", "batch_size", "seed", "precision"} <= set(session.hparams)
+    assert {
+        "data",
+        "model",
+        "conditioning",
+        "latent_dim",
+        "beta",
+        "lr",
+        "epochs",
+        "batch_size",
+        "seed",
+        "precision",
+    } <= set(session.hparams)
     assert session.hparams["model"].string_value == "mlp" and session.hparams["latent_dim"].number_value == 20
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     metric_tags = {info.name.tag for info in experiment.metric_infos}

@@ -11,8 +11,18 @@ from omegaconf import OmegaConf
 from cvae_exp.table import main
 
 HPARAMS = {
-    "data": "mnist", "model": "mlp", "conditioning": "concat", "experiment": "report_genmodel", "latent_dim": 20,
-    "likelihood": "gaussian", "beta": 1.0, "lr": 0.005, "epochs": 10, "batch_size": 1024, "seed": 42, "precision": "32-true",
+    "data": "mnist",
+    "model": "mlp",
+    "conditioning": "concat",
+    "experiment": "report_genmodel",
+    "latent_dim": 20,
+    "likelihood": "gaussian",
+    "beta": 1.0,
+    "lr": 0.005,
+    "epochs": 10,
+    "batch_size": 1024,
+    "seed": 42,
+    "precision": "32-true",
 }
 
 
@@ -22,9 +32,12 @@ def make_job(sweep, name, metrics=None, reference=15.69, source=None, **changes)
     job = sweep / name
     (job / ".hydra").mkdir(parents=True)
     config = {
-        "seed": hparams["seed"], "data": {"name": hparams["data"], "batch_size": hparams["batch_size"]},
-        "trainer": {"max_epochs": hparams["epochs"], "precision": hparams["precision"]}, "model": {"latent_dim": hparams["latent_dim"]},
-        "loss": {"likelihood": hparams["likelihood"], "beta": hparams["beta"]}, "optim": {"lr": hparams["lr"]},
+        "seed": hparams["seed"],
+        "data": {"name": hparams["data"], "batch_size": hparams["batch_size"]},
+        "trainer": {"max_epochs": hparams["epochs"], "precision": hparams["precision"]},
+        "model": {"latent_dim": hparams["latent_dim"]},
+        "loss": {"likelihood": hparams["likelihood"], "beta": hparams["beta"]},
+        "optim": {"lr": hparams["lr"]},
         "reference": {"score": reference, **({"source": source} if source else {})} if reference is not None else None,
     }
     OmegaConf.save(OmegaConf.create(config), job / ".hydra" / "config.yaml")
@@ -36,7 +49,10 @@ def make_job(sweep, name, metrics=None, reference=15.69, source=None, **changes)
 
 
 def completed(score, **test):
-    return {"status": "completed", "test": {"ssim": 0.7, "mse": 0.02, "fid": 5.0, "score": score, "score_uncapped": score, **test}}
+    return {
+        "status": "completed",
+        "test": {"ssim": 0.7, "mse": 0.02, "fid": 5.0, "score": score, "score_uncapped": score, **test},
+    }
 
 
 def test_table_lists_every_job_with_the_difference_to_the_report(tmp_path, capsys):
@@ -51,8 +67,14 @@ def test_table_lists_every_job_with_the_difference_to_the_report(tmp_path, capsy
     assert rows[1]["status"] == "failed: loss is NaN at step 7" and rows[1]["score"] == ""
     assert rows[2]["status"].startswith("missing") and rows[2]["epochs"] == "50"
     markdown = (sweep / "table.md").read_text()
-    assert markdown.splitlines()[0] == "| run | epochs | latent_dim | lr | report_score | ssim | mse | fid | score | score_uncapped | diff | train_min | status |"
-    assert "| 0 | 10 | 20 | 0.005 | 15.69 | 0.7400 | 0.0230 | 4.5000 | 24.00 | 24.00 | +8.31 | 2.0 | completed |" in markdown
+    assert markdown.splitlines()[0] == (
+        "| run | epochs | latent_dim | lr | report_score | ssim | mse | fid | score | score_uncapped | diff | "
+        "train_min | status |"
+    )
+    assert (
+        "| 0 | 10 | 20 | 0.005 | 15.69 | 0.7400 | 0.0230 | 4.5000 | 24.00 | 24.00 | +8.31 | 2.0 | completed |"
+        in markdown
+    )
     assert (sweep / "table.png").stat().st_size > 0
     assert markdown in capsys.readouterr().out
     assert not (sweep / "table_seeds.md").exists()  # no two runs differ by seed alone
@@ -62,10 +84,15 @@ def test_every_varied_hyperparameter_gets_a_column_and_lr_is_rounded(tmp_path):
     sweep = tmp_path / "sweep"
     make_job(sweep, "0", reference=None, seed=1, beta=1.0, lr=0.0020000000000000005, metrics=completed(20.0))
     make_job(sweep, "1", reference=None, seed=2, beta=4.0, lr=0.0020000000000000005, metrics=completed(21.0))
-    make_job(sweep, "2", reference=None, seed=2, beta=4.0, conditioning="film", lr=0.0020000000000000005)  # missing: from its config
+    make_job(
+        sweep, "2", reference=None, seed=2, beta=4.0, conditioning="film", lr=0.0020000000000000005
+    )  # missing: from its config
     main([str(sweep)])
     lines = (sweep / "table.md").read_text().splitlines()
-    assert lines[0] == "| run | epochs | latent_dim | lr | conditioning | beta | seed | ssim | mse | fid | score | score_uncapped | train_min | status |"
+    assert lines[0] == (
+        "| run | epochs | latent_dim | lr | conditioning | beta | seed | ssim | mse | fid | score | "
+        "score_uncapped | train_min | status |"
+    )
     assert lines[2].startswith("| 0 | 10 | 20 | 0.002 | concat | 1 | 1 |")
     assert lines[4].startswith("| 2 | 10 | 20 | 0.002 | film | 4 | 2 |") and "missing" in lines[4]
     assert "report" not in (sweep / "table.csv").read_text()
@@ -102,7 +129,9 @@ def test_runs_that_reproduce_a_published_row_name_it(tmp_path):
     main([str(sweep)])
     lines = (sweep / "table.md").read_text().splitlines()
     assert lines[0].startswith("| run | reference | epochs |")
-    assert lines[2].startswith("| 0 | report Table 3, row 13 | 50 |") and lines[3].startswith("| 1 | report Table 3, row 1 | 10 |")
+    assert lines[2].startswith("| 0 | report Table 3, row 13 | 50 |") and lines[3].startswith(
+        "| 1 | report Table 3, row 1 | 10 |"
+    )
 
 
 def test_a_damaged_metrics_file_gets_its_row_and_a_warning_naming_it(tmp_path, capsys):

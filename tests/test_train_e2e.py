@@ -17,7 +17,12 @@ from tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
-FAST = ["data=digits", "model.encoder.hidden_dims=[64]", "model.decoder.hidden_dims=[64]", "callbacks.progress_bar.refresh_rate=0"]
+FAST = [
+    "data=digits",
+    "model.encoder.hidden_dims=[64]",
+    "model.decoder.hidden_dims=[64]",
+    "callbacks.progress_bar.refresh_rate=0",
+]
 
 
 def test_two_epochs_write_checkpoints_events_and_metrics_then_resume(tmp_path):
@@ -25,7 +30,11 @@ def test_two_epochs_write_checkpoints_events_and_metrics_then_resume(tmp_path):
     result = run_cli(*FAST, "trainer.max_epochs=2", f"hydra.run.dir={run}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     closing = result.stdout.strip().splitlines()[-1]
-    assert closing.startswith("cvae-train: completed in ") and "(2 epochs in all): test score " in closing and closing.endswith("Run dir: run")
+    assert (
+        closing.startswith("cvae-train: completed in ")
+        and "(2 epochs in all): test score " in closing
+        and closing.endswith("Run dir: run")
+    )
     for notice in ("Tip:", "GPU available", "Warning", "warn"):  # Lightning's notices and warnings: in train.log only
         assert notice not in result.stdout + result.stderr, notice
     log = (run / "train.log").read_text()
@@ -44,7 +53,17 @@ def test_two_epochs_write_checkpoints_events_and_metrics_then_resume(tmp_path):
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     scalars = set(events.Tags()["scalars"])
-    expected = {"train/loss", "train/recon", "train/kl", "train/beta", "val/loss", "val/recon", "val/kl", "val/mse", "val/ssim"}
+    expected = {
+        "train/loss",
+        "train/recon",
+        "train/kl",
+        "train/beta",
+        "val/loss",
+        "val/recon",
+        "val/kl",
+        "val/mse",
+        "val/ssim",
+    }
     assert expected <= scalars, expected - scalars
     assert len(events.Scalars("val/loss")) == 2
     best_epoch = min(events.Scalars("val/loss"), key=lambda event: event.value)  # what the best checkpoint holds
@@ -60,7 +79,13 @@ def test_two_epochs_write_checkpoints_events_and_metrics_then_resume(tmp_path):
     assert result.stderr.strip() == "", result.stderr  # no Lightning notices or library warnings
 
     resumed = tmp_path / "resumed"
-    result = run_cli(*FAST, "trainer.max_epochs=3", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={resumed}", cwd=tmp_path)
+    result = run_cli(
+        *FAST,
+        "trainer.max_epochs=3",
+        f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        f"hydra.run.dir={resumed}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((resumed / "metrics.json").read_text())["epochs"] == 3
     before = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
@@ -100,14 +125,21 @@ def test_help_describes_the_program_and_its_groups(tmp_path):
     result = run_cli("--help", cwd=tmp_path)
     assert result.returncode == 0
     assert result.stdout.startswith("cvae-train: train a conditional VAE")
-    assert "model: conv, mlp" in result.stdout and "cvae-train -m model.latent_dim=2,8,32 loss.beta=1,4" in result.stdout
+    assert (
+        "model: conv, mlp" in result.stdout and "cvae-train -m model.latent_dim=2,8,32 loss.beta=1,4" in result.stdout
+    )
     assert list(tmp_path.iterdir()) == []
 
 
 def test_bad_value_exits_non_zero_with_one_paragraph_and_no_traceback(tmp_path):
     command = shutil.which("cvae-train")
     assert command, "the cvae-train console script is not installed"
-    result = subprocess.run([command, "model.latent_dim=0", f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(
+        [command, "model.latent_dim=0", f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     assert "model.latent_dim=0" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "metrics.json").exists()
@@ -126,8 +158,14 @@ def test_every_task_and_prior_trains_tests_and_tabulates(tmp_path):
     report test/nll, test/neg_elbo and test/mse over their target pixels (no lab Score),
     the NN baseline's likelihood is exact (nll == neg_elbo), and cvae-table shows them."""
     result = run_cli(
-        "-m", *FAST, "debug=fast", "eval.nll_samples=8", "loss.likelihood=bernoulli",
-        "task=quadrants,inpaint", "prior=none,conditional", cwd=tmp_path,
+        "-m",
+        *FAST,
+        "debug=fast",
+        "eval.nll_samples=8",
+        "loss.likelihood=bernoulli",
+        "task=quadrants,inpaint",
+        "prior=none,conditional",
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "outputs" / "multiruns").iterdir()
@@ -143,7 +181,11 @@ def test_every_task_and_prior_trains_tests_and_tabulates(tmp_path):
     assert table.returncode == 0, table.stderr[-3000:]
     header = (sweep / "table.md").read_text().splitlines()[0]
     assert "| task |" in header and "| prior |" in header and "| nll | neg_elbo |" in header and "score" not in header
-    quadrants = next(path.parent for path in sweep.glob("*/metrics.json") if json.loads(path.read_text())["hparams"]["prior"] == "conditional")
+    quadrants = next(
+        path.parent
+        for path in sweep.glob("*/metrics.json")
+        if json.loads(path.read_text())["hparams"]["prior"] == "conditional"
+    )
     evaluated = run_cli(str(quadrants), "--nll-samples", "4", cwd=tmp_path, tool="eval")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert {"nll", "neg_elbo", "mse"} <= set(json.loads((quadrants / "eval.json").read_text())["test"])
@@ -158,16 +200,31 @@ def test_fitted_samplers_are_saved_reused_and_labelled_with_classifier_metrics(t
     recorded Score (scripts/grade_pngs.py: PIL, skimage, numpy); cvae-eval --sampler flow fits
     and saves a flow; cvae-sample sampler=gmm reuses the saved mixture."""
     run = tmp_path / "run"
-    overrides = ["trainer.max_epochs=2", "eval.sampler=gmm", "eval.gmm_components=2", "eval.flow_steps=200", "eval.samples_per_class=20", "eval.save_images=true"]
+    overrides = [
+        "trainer.max_epochs=2",
+        "eval.sampler=gmm",
+        "eval.gmm_components=2",
+        "eval.flow_steps=200",
+        "eval.samples_per_class=20",
+        "eval.save_images=true",
+    ]
     result = run_cli(*FAST, *overrides, f"hydra.run.dir={run}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["sampler"] == "gmm" and "z from gmm" in result.stdout and "samples classified as their class" in result.stdout
-    assert {"sample_accuracy", "classifier_fid", "sample_precision", "sample_recall", "classifier_accuracy"} <= set(metrics["test"])
+    assert (
+        metrics["sampler"] == "gmm"
+        and "z from gmm" in result.stdout
+        and "samples classified as their class" in result.stdout
+    )
+    assert {"sample_accuracy", "classifier_fid", "sample_precision", "sample_recall", "classifier_accuracy"} <= set(
+        metrics["test"]
+    )
     assert 0 <= metrics["test"]["sample_accuracy"] <= 1 and metrics["classifier"]["test_accuracy"] > 0.8
     saved = run / "samplers" / f"{(run / metrics['best_checkpoint']).stem}-gmm.pt"
     assert saved.is_file()
-    graded = subprocess.run([sys.executable, str(ROOT / "scripts" / "grade_pngs.py"), str(run)], capture_output=True, text=True)
+    graded = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "grade_pngs.py"), str(run)], capture_output=True, text=True
+    )
     assert graded.returncode == 0 and "| score_uncapped |" in graded.stdout, graded.stdout + graded.stderr[-3000:]
 
     result = run_cli(str(run), "--sampler", "flow", "--samples-per-class", "20", cwd=tmp_path, tool="eval")

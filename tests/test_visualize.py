@@ -45,10 +45,17 @@ def cells(grid: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
     """The grid cut back into its images: (rows, columns, first channel of SIDE x SIDE)."""
     step = SIDE + GRID_PADDING
     assert grid.shape == (3, rows * step + GRID_PADDING, columns * step + GRID_PADDING)
-    return torch.stack([
-        torch.stack([grid[0, GRID_PADDING + r * step : (r + 1) * step, GRID_PADDING + c * step : (c + 1) * step] for c in range(columns)])
-        for r in range(rows)
-    ])
+    return torch.stack(
+        [
+            torch.stack(
+                [
+                    grid[0, GRID_PADDING + r * step : (r + 1) * step, GRID_PADDING + c * step : (c + 1) * step]
+                    for c in range(columns)
+                ]
+            )
+            for r in range(rows)
+        ]
+    )
 
 
 def decoded(cvae, z: torch.Tensor, labels: list[int]) -> torch.Tensor:
@@ -67,7 +74,11 @@ def posterior_means(cvae, images: torch.Tensor, labels: torch.Tensor) -> torch.T
         (lambda cvae: visualize.class_samples(cvae, torch.tensor([0, 3, 3, 7]), n=5), 4, 5),
         (lambda cvae: visualize.reconstructions(cvae, *images_of([1, 2, 3, 4, 5, 6])), 2, 6),
         (lambda cvae: visualize.label_swap(cvae, n_styles=3), 3, 10),
-        (lambda cvae: visualize.interpolation(cvae, *images_of([1, 2, 8]), *images_of([1, 2, 8], seed=1), steps=4), 3, 4),
+        (
+            lambda cvae: visualize.interpolation(cvae, *images_of([1, 2, 8]), *images_of([1, 2, 8], seed=1), steps=4),
+            3,
+            4,
+        ),
         (lambda cvae: visualize.latent_interpolation(cvae, torch.tensor([1, 2]), steps=5), 2, 5),
         (lambda cvae: visualize.traversal(cvae, torch.tensor([0, 9, 4]), dim=1, steps=7), 3, 7),
     ],
@@ -147,11 +158,20 @@ def test_latent_interpolation_moves_between_two_draws(cvae):
         (lambda cvae: visualize.latent_interpolation(cvae, torch.tensor([0]), steps=1), r"steps=1 .* at least 2"),
         (lambda cvae: visualize.class_samples(cvae, torch.tensor([0, 10]), n=2), r"labels=\[0, 10\] .* 0\.\.9"),
         (lambda cvae: visualize.class_samples(cvae, torch.tensor([-1]), n=2), r"labels=\[-1\] .* 0\.\.9"),
-        (lambda cvae: visualize.class_samples(cvae, torch.tensor([], dtype=torch.long), n=2), r"labels=\[\] .* non-empty"),
+        (
+            lambda cvae: visualize.class_samples(cvae, torch.tensor([], dtype=torch.long), n=2),
+            r"labels=\[\] .* non-empty",
+        ),
         (lambda cvae: visualize.class_samples(cvae, torch.tensor([1]), n=0), r"n=0 .* at least 1"),
         (lambda cvae: visualize.label_swap(cvae, n_styles=0), r"n_styles=0 .* at least 1"),
-        (lambda cvae: visualize.reconstructions(cvae, torch.rand(2, 1, 8, 8), torch.tensor([1, 2])), r"images has shape \(2, 1, 8, 8\)"),
-        (lambda cvae: visualize.interpolation(cvae, *images_of([1]), *images_of([1, 2]), steps=3), r"start_labels has 1 .* end_labels 2"),
+        (
+            lambda cvae: visualize.reconstructions(cvae, torch.rand(2, 1, 8, 8), torch.tensor([1, 2])),
+            r"images has shape \(2, 1, 8, 8\)",
+        ),
+        (
+            lambda cvae: visualize.interpolation(cvae, *images_of([1]), *images_of([1, 2]), steps=3),
+            r"start_labels has 1 .* end_labels 2",
+        ),
     ],
 )
 def test_bad_arguments_raise_value_errors_naming_the_value_and_the_allowed_range(cvae, draw, message):

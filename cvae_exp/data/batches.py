@@ -1,7 +1,7 @@
 """Batches served by indexing tensors that already sit on the training device."""
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

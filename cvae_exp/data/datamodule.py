@@ -1,7 +1,7 @@
 """One DataModule for every dataset: load once, split, serve batches from device tensors."""
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import lightning as L
 import torch
@@ -10,6 +10,7 @@ from cvae_exp.config import BINARIZE_CHOICES
 from cvae_exp.data.batches import TensorBatches
 from cvae_exp.data.sources import ImageSplits
 from cvae_exp.errors import UserInputError
+
 
 class TensorDataModule(L.LightningDataModule):
     """Splits the official train set into train/val with `split_seed` and keeps the
@@ -53,7 +54,10 @@ class TensorDataModule(L.LightningDataModule):
         # static: every split binarised once; dynamic: training batches drawn anew (TensorBatches),
         # validation and test binarised once, so that their likelihoods are of binary data.
         held_out = {"static": splits.keys(), "dynamic": ("val", "test")}.get(self.binarize, ())
-        splits = {name: (_bernoulli_uint8(images, generator) if name in held_out else images, labels) for name, (images, labels) in splits.items()}
+        splits = {
+            name: (_bernoulli_uint8(images, generator) if name in held_out else images, labels)
+            for name, (images, labels) in splits.items()
+        }
         self.splits = splits
 
     def _check(self, data: ImageSplits) -> None:
@@ -67,20 +71,26 @@ class TensorDataModule(L.LightningDataModule):
         classes = int(max(data.train_labels.max(), data.test_labels.max())) + 1
         if classes != self.num_classes:
             raise UserInputError(
-                f"Invalid config value data.num_classes={self.num_classes}: the {self.name} labels are 0..{classes - 1}; "
+                f"Invalid config value data.num_classes={self.num_classes}: the {self.name} labels are "
+                f"0..{classes - 1}; "
                 f"set data.num_classes={classes}."
             )
         if not 0 < self.val_size < count:
             raise UserInputError(
                 f"Invalid config value data.val_size={self.val_size}: the validation images are taken from the {count} "
-                f"images of {self.name}'s training set (the rest are trained on), so it must be between 1 and {count - 1}."
+                f"images of {self.name}'s training set (the rest are trained on), so it must be between 1 and "
+                f"{count - 1}."
             )
 
     def _batches(self, split: str, shuffle: bool = False) -> TensorBatches:
         images, labels = self.splits[split]
         device, rank, world_size, current_epoch = torch.device("cpu"), 0, 1, lambda: 0
         if self.trainer is not None:
-            device, rank, world_size = self.trainer.strategy.root_device, self.trainer.global_rank, self.trainer.world_size
+            device, rank, world_size = (
+                self.trainer.strategy.root_device,
+                self.trainer.global_rank,
+                self.trainer.world_size,
+            )
             current_epoch = lambda: self.trainer.current_epoch  # read when an epoch's iteration starts
         return TensorBatches(
             images.to(device),

@@ -24,10 +24,7 @@ def quantize_uint8(images: Tensor) -> Tensor:
 def _check_uint8_pair(orig: Tensor, recon: Tensor) -> None:
     """Refuse float inputs: the grader's data_range of 255 only holds for uint8."""
     if orig.dtype != torch.uint8 or recon.dtype != torch.uint8:
-        raise TypeError(
-            f"expected uint8 images, got {orig.dtype} and {recon.dtype}; "
-            "use quantize_uint8 first"
-        )
+        raise TypeError(f"expected uint8 images, got {orig.dtype} and {recon.dtype}; use quantize_uint8 first")
     if orig.shape != recon.shape:
         raise ValueError(f"shape mismatch: {tuple(orig.shape)} vs {tuple(recon.shape)}")
 
@@ -60,9 +57,7 @@ def _ssim_chunk(x: Tensor, y: Tensor) -> Tensor:
     vxy = cov_norm * (uxy - ux * uy)
     c1 = (SSIM_K1 * DATA_RANGE) ** 2
     c2 = (SSIM_K2 * DATA_RANGE) ** 2
-    ssim_map = ((2 * ux * uy + c1) * (2 * vxy + c2)) / (
-        (ux * ux + uy * uy + c1) * (vx + vy + c2)
-    )
+    ssim_map = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
     return ssim_map.flatten(1).mean(dim=1)
 
 
@@ -81,10 +76,7 @@ def ssim_per_image(orig: Tensor, recon: Tensor, *, chunk_size: int = 1024) -> Te
     if min(orig.shape[-2:]) < SSIM_WIN_SIZE:
         raise ValueError(f"images must be at least {SSIM_WIN_SIZE}x{SSIM_WIN_SIZE}")
     return torch.cat(
-        [
-            _ssim_chunk(o.double(), r.double())
-            for o, r in zip(orig.split(chunk_size), recon.split(chunk_size))
-        ]
+        [_ssim_chunk(o.double(), r.double()) for o, r in zip(orig.split(chunk_size), recon.split(chunk_size))]
     )
 
 
@@ -120,14 +112,11 @@ def simplified_fid(
         ref_c = ref[real_labels == c]
         if len(gen_c) == 0 or len(ref_c) == 0:
             raise ValueError(
-                f"class {c} has {len(gen_c)} generated and {len(ref_c)} real images; "
-                "both must be non-empty"
+                f"class {c} has {len(gen_c)} generated and {len(ref_c)} real images; both must be non-empty"
             )
         mu_g, mu_r = gen_c.mean(dim=0), ref_c.mean(dim=0)
         v_g, v_r = gen_c.var(dim=0, correction=0), ref_c.var(dim=0, correction=0)
-        per_class.append(
-            (mu_g - mu_r).square().sum() + (v_g + v_r - 2 * (v_g * v_r).sqrt()).sum()
-        )
+        per_class.append((mu_g - mu_r).square().sum() + (v_g + v_r - 2 * (v_g * v_r).sqrt()).sum())
     return torch.stack(per_class)
 
 
@@ -136,9 +125,7 @@ def bonus(latent_dim: int, num_pixels: int = 784) -> float:
     return 0.2 + (1 - latent_dim / num_pixels)
 
 
-def report_score(
-    ssim: float, mse: float, latent_dim: int, fid: float | None = None
-) -> tuple[float, float]:
+def report_score(ssim: float, mse: float, latent_dim: int, fid: float | None = None) -> tuple[float, float]:
     """Grader score as (capped, uncapped).
 
     With ``fid`` it is the conditional task (cap 30), without it the unconditional

@@ -106,7 +106,9 @@ class FiLMLayer(nn.Module):
         if self.labels:
             self.scale_and_shift = nn.Embedding(conditioning.num_classes, 2 * num_features)
         else:
-            self.scale_and_shift = nn.Sequential(nn.Flatten(), nn.Linear(conditioning.condition_features, 2 * num_features))
+            self.scale_and_shift = nn.Sequential(
+                nn.Flatten(), nn.Linear(conditioning.condition_features, 2 * num_features)
+            )
             nn.init.zeros_(self.scale_and_shift[1].bias)
         nn.init.zeros_(self.scale_and_shift.weight if self.labels else self.scale_and_shift[1].weight)
 

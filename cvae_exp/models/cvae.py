@@ -1,7 +1,7 @@
 """The CVAE: encoder q(z|x,c), decoder p(x|z,c) and prior p(z|c) (cvae_exp/models/priors.py)."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -95,5 +95,7 @@ class CVAE(nn.Module):
         """`n` images per condition from z ~ p(z | c), or from a fitted latent sampler
         (cvae_exp/samplers.py): shape (len(condition) * n, C, H, W), condition-major."""
         condition = condition.repeat_interleave(n, dim=0)
-        z = (sampler or self.prior).sample(condition).to(next(self.decoder.parameters()).dtype)  # float64 / bf16-true runs
+        z = (
+            (sampler or self.prior).sample(condition).to(next(self.decoder.parameters()).dtype)
+        )  # float64 / bf16-true runs
         return self.decode(z, condition)

@@ -128,7 +128,9 @@ class VampPrior(StandardPrior):
 
     def log_prob(self, z, condition):
         means, logvars = self.components(condition)
-        return diagonal_mixture_log_prob(z, means, logvars, torch.full((self.num_pseudo_inputs,), -math.log(self.num_pseudo_inputs), device=z.device))
+        return diagonal_mixture_log_prob(
+            z, means, logvars, torch.full((self.num_pseudo_inputs,), -math.log(self.num_pseudo_inputs), device=z.device)
+        )
 
     def sample(self, condition):
         means, logvars = self.components(condition)
@@ -156,4 +158,3 @@ class NoLatent(StandardPrior):
 
     def sample(self, condition):
         return torch.zeros(len(condition), self.latent_dim, device=condition.device)
-
