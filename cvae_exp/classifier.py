@@ -18,13 +18,14 @@ of training, where a Lightning run would cost more than the training.
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
+
+from cvae_exp.files import atomic_path
 
 log = logging.getLogger(__name__)
 CLASSIFIER_STEPS = 1500  # minibatches of 128: 4 epochs of MNIST
@@ -155,9 +156,8 @@ def load_or_train(datamodule, directory: str) -> tuple[Classifier, dict]:
         saved["test_reference"] = test_reference(classifier, test_images)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_suffix(f".{os.getpid()}.tmp")
-            torch.save(saved, temporary)
-            temporary.replace(path)
+            with atomic_path(path) as temporary:
+                torch.save(saved, temporary)
         except OSError:
             record["path"] = None  # trained for this run only
     classifier.test_reference = saved["test_reference"]

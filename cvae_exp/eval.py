@@ -13,9 +13,9 @@ import os
 import warnings
 from pathlib import Path
 
-from cvae_exp.config import RECON_Z_CHOICES, SAMPLERS
 from cvae_exp.errors import UserInputError, report_and_exit
-from cvae_exp.train import write_json
+from cvae_exp.files import write_json
+from cvae_exp.schema import RECON_Z_CHOICES, SAMPLERS
 
 
 def find_checkpoint(path: Path) -> Path:
@@ -159,7 +159,7 @@ def trained(checkpoint: Path) -> dict:
     that the checkpoint holds: where on a training curve its metrics sit."""
     import torch
 
-    from cvae_exp.config import epochs_done
+    from cvae_exp.checks import epochs_done
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     timer = state.get("callbacks", {}).get("Timer", {}).get("time_elapsed", {})

@@ -11,9 +11,10 @@ import math
 
 import torch
 
+from cvae_exp.distributions import gaussian_log_prob
 from cvae_exp.models import CVAE
 from cvae_exp.models.cvae import reparameterize
-from cvae_exp.objective import Objective, gaussian_log_prob
+from cvae_exp.objective import Objective
 
 ROWS_PER_CHUNK = 32768  # decoder rows (images x samples) per forward pass: memory, not precision
 

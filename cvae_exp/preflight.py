@@ -31,7 +31,8 @@ from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from cvae_exp.config import check_values, composition_error, epochs_done, validate
+from cvae_exp.checks import check_values, epochs_done, validate
+from cvae_exp.compose import composition_error
 from cvae_exp.errors import UserInputError, report_and_exit
 
 RESUMES_FILE = Path(".hydra") / "resumes.yaml"

@@ -21,7 +21,6 @@ draws completions: one row per test image (the first of each class in `labels`, 
 first 8 test images), with its condition, n predictions from z ~ p(z|c) and the truth.
 """
 
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +30,10 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
 
-from cvae_exp.config import SAMPLERS
 from cvae_exp.errors import UserInputError, report_and_exit
 from cvae_exp.eval import find_checkpoint, load_module
+from cvae_exp.files import atomic_path
+from cvae_exp.schema import SAMPLERS
 
 MODES = ("grid", "interpolate", "traverse")
 KEYS = (
@@ -140,12 +140,8 @@ def save_atomically(grid, out: Path) -> None:
     from torchvision.utils import save_image
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".{out.stem}.tmp{out.suffix}")  # the suffix tells save_image the format
-    try:
+    with atomic_path(out) as temporary:
         save_image(grid, temporary)
-        os.replace(temporary, out)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> None:

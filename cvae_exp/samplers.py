@@ -9,7 +9,7 @@ al., 2017), our own because no dependency of the framework has one.
 
 A fitted sampler is saved next to its checkpoint's run (samplers/<checkpoint>-<name>.pt) and
 reloaded while its settings match. A new sampler is one class here, with `fit`, `sample`
-and its name and settings in cvae_exp/config.py (SAMPLERS, EvalConfig).
+and its name and settings in cvae_exp/schema.py (SAMPLERS, EvalConfig).
 """
 
 from pathlib import Path
@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cvae_exp.config import SAMPLERS
 from cvae_exp.errors import UserInputError
+from cvae_exp.files import atomic_path
+from cvae_exp.schema import SAMPLERS
 
 
 class GaussianMixtureSampler(nn.Module):
@@ -197,7 +198,6 @@ def fitted_sampler(module, name: str, checkpoint: Path | None, datamodule) -> nn
     sampler.fit(posterior_means(cvae, images, labels).cpu().clone(), labels.clone())  # clones: not inference tensors
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".tmp")
-        torch.save({"settings": sampler.settings, "state_dict": sampler.state_dict()}, temporary)
-        temporary.replace(path)
+        with atomic_path(path) as temporary:
+            torch.save({"settings": sampler.settings, "state_dict": sampler.state_dict()}, temporary)
     return sampler.to(module.device)

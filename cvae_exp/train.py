@@ -5,7 +5,6 @@ Only Hydra and OmegaConf are imported here: a bad value is refused before torch 
 Lightning load (cvae_exp/run.py, imported once the config has passed)."""
 
 import atexit
-import json
 import logging
 import os
 import sys
@@ -20,22 +19,14 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from cvae_exp.config import CONFIG_DIR, compose_train, validate
+from cvae_exp.checks import validate
+from cvae_exp.compose import CONFIG_DIR, compose_train
 from cvae_exp.errors import TrainingDiverged, UserInputError, report_and_exit
+from cvae_exp.files import write_json
 from cvae_exp.preflight import display_path
 from cvae_exp.summary import run_summary
 
 log = logging.getLogger("cvae-train")
-
-
-def write_json(path: Path, content: dict[str, Any]) -> None:
-    """Write through a temporary file and rename, so readers never see half a file."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(json.dumps(content, indent=2) + "\n")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def closing_line(metrics: dict[str, Any], run_dir: Path, seconds: float) -> str:

@@ -54,8 +54,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets
 from torchvision.transforms import ToTensor
 
+from cvae_exp.checks import validate
 from cvae_exp.classifier import load_or_train
-from cvae_exp.config import compose_train, validate
+from cvae_exp.compose import compose_train
 from cvae_exp.data import ImageSplits
 from cvae_exp.run import build
 

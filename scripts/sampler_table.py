@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from cvae_exp.config import SAMPLERS
+from cvae_exp.schema import SAMPLERS
 
 COLUMNS = (
     "run",

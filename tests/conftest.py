@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from cvae_exp import config
+from cvae_exp import compose
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "MNIST" / "raw"
 
@@ -21,7 +21,7 @@ def classifier_cache(tmp_path_factory):
 def compose_train(tmp_path):
     """compose_train(overrides) -> the composed train config, as inside `cvae-train`,
     with its run dir in tmp_path."""
-    return lambda overrides=(): config.compose_train(overrides, tmp_path)
+    return lambda overrides=(): compose.compose_train(overrides, tmp_path)
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cvae_exp.config import CONFIG_DIR, validate
+from cvae_exp.checks import validate
+from cvae_exp.compose import CONFIG_DIR
 from cvae_exp.errors import UserInputError
 
 GROUPS = [
@@ -145,7 +146,7 @@ def refused_in_a_fresh_process(override: str, tmp_path: Path, module: str) -> st
     `module` was imported by then."""
     code = (
         "import sys\n"
-        "from cvae_exp.config import compose_train, validate\n"
+        "from cvae_exp.checks import validate\nfrom cvae_exp.compose import compose_train\n"
         "from cvae_exp.errors import UserInputError\n"
         f"cfg = compose_train([{override!r}], {str(tmp_path)!r})\n"
         "try:\n    validate(cfg)\nexcept UserInputError as error:\n    print('refused:', error)\n"

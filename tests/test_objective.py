@@ -6,14 +6,9 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
+from cvae_exp.distributions import bernoulli_nll, gaussian_kl, gaussian_nll, gaussian_nll_constant
 from cvae_exp.models.cvae import reparameterize
-from cvae_exp.objective import (
-    Objective,
-    bernoulli_nll,
-    gaussian_kl,
-    gaussian_nll,
-    gaussian_nll_constant,
-)
+from cvae_exp.objective import Objective
 
 IMAGE_SHAPE = (1, 6, 5)
 

@@ -21,10 +21,11 @@ from torch.distributions import (
 )
 
 import cvae_exp.likelihood as likelihood
+from cvae_exp.distributions import diagonal_mixture_log_prob, gaussian_kl, gaussian_kl_between, gaussian_log_prob
 from cvae_exp.likelihood import importance_sampled_nll
 from cvae_exp.models.conditioning import Conditioning
 from cvae_exp.models.priors import ConditionalPrior, MixturePrior, NoLatent, StandardPrior
-from cvae_exp.objective import Objective, diagonal_mixture_log_prob, gaussian_kl, gaussian_kl_between, gaussian_log_prob
+from cvae_exp.objective import Objective
 from cvae_exp.tasks import HIDDEN, InpaintTask, QuadrantTask, SuperresTask
 
 CONFIGS = Path(__file__).parents[1] / "configs"

@@ -20,8 +20,8 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from cvae_exp import eval as evaluate
 from cvae_exp import sample, table, train
 from cvae_exp.errors import TrainingDiverged
+from cvae_exp.files import write_json
 from cvae_exp.module import CVAEModule
-from cvae_exp.train import write_json
 from tests.helpers import run_cli
 
 FAST = [

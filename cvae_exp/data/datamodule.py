@@ -6,10 +6,10 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from cvae_exp.config import BINARIZE_CHOICES
 from cvae_exp.data.batches import TensorBatches
 from cvae_exp.data.sources import ImageSplits
 from cvae_exp.errors import UserInputError
+from cvae_exp.schema import BINARIZE_CHOICES
 
 
 class TensorDataModule(L.LightningDataModule):

@@ -12,8 +12,8 @@ import math
 import torch
 from torch import nn
 
+from cvae_exp.distributions import diagonal_mixture_log_prob, gaussian_kl, gaussian_kl_between, gaussian_log_prob
 from cvae_exp.models.conditioning import Conditioning
-from cvae_exp.objective import diagonal_mixture_log_prob, gaussian_kl, gaussian_kl_between, gaussian_log_prob
 
 
 class StandardPrior(nn.Module):

@@ -1,134 +1,35 @@
-"""Typed schemas of the training config and its validation before anything runs.
+"""Validation of a composed training config before anything runs.
 
-The YAML files in configs/ are the defaults; these dataclasses are the contract. Types
-are checked by OmegaConf against the schema, ranges and choices by `validate`, and the
-model is built once on the declared data shape, so that every bad value stops the run
-with one paragraph that names the key, the value and what is allowed.
-
-This module is also the home of the allowed values, and imports torch and Lightning only
-where a check needs them: the cheap checks run first, so that a bad value is refused
-before those imports (seconds on a small CPU).
+Types are checked by OmegaConf against the schema (cvae_exp/schema.py), ranges and choices
+by `check_values`, and `validate` then builds the task, the network, the optimizer and the
+callbacks on the declared data shape, so that every bad value stops the run with one
+paragraph that names the key, the value and what is allowed. torch and Lightning are
+imported only where a check needs them: the cheap checks run first, so that a bad value is
+refused before those imports (seconds on a small CPU).
 """
 
 import inspect
-import os
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cvae_exp.errors import UserInputError
-
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
-LIKELIHOODS = ("gaussian", "bernoulli")
-LOSS_TERMS = ("loss", "recon", "kl")  # the objective's terms, logged under train/, val/, test/
-BINARIZE_CHOICES = ("none", "dynamic", "static")
-RECON_Z_CHOICES = ("sample", "mean")
-SAMPLERS = ("prior", "gmm", "flow")  # cvae_exp/samplers.py
-GMM_COVARIANCES = ("full", "diag")
-VAL_METRICS = ("val/loss", "val/recon", "val/kl", "val/mse", "val/ssim")
-MONITORABLE = VAL_METRICS + tuple(f"train/{term}" for term in LOSS_TERMS)
-# The directory cvae-train runs from; unlike ${hydra:runtime.cwd} it resolves before a
-# multirun's first job (configs/paths/default.yaml).
-OmegaConf.register_new_resolver("cwd", os.getcwd, replace=True)
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
-PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "64-true", "bf16-true", "16-true")
-
-
-@dataclass
-class DataConfig:
-    _target_: str
-    name: str
-    root: str
-    source: dict[str, Any]
-    image_shape: list[int]
-    num_classes: int
-    batch_size: int
-    val_size: int
-    split_seed: int = 0
-    binarize: str = "none"
-
-
-@dataclass
-class ModelConfig:
-    _target_: str
-    latent_dim: int
-    encoder: dict[str, Any]
-    decoder: dict[str, Any]
-
-
-@dataclass
-class LossConfig:
-    likelihood: str = "gaussian"
-    var: float = 0.5
-    beta: float = 1.0
-    warmup_steps: int = 0
-
-
-@dataclass
-class OptimConfig:
-    _target_: str = "torch.optim.Adam"
-    _partial_: bool = True
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-
-
-@dataclass
-class EvalConfig:
-    val_ssim_images: int = 1000
-    recon_z: str = "sample"
-    samples_per_class: int = 1000
-    save_images: bool = False
-    nll_samples: int = 0
-    sampler: str = "prior"  # where generated images draw z from (cvae_exp/samplers.py)
-    classifier_metrics: bool = (
-        True  # test/sample_accuracy, classifier_fid, sample_precision and sample_recall (cvae_exp/classifier.py)
-    )
-    classifier_dir: str = "~/.cache/cvae_exp/classifiers"  # where the dataset classifiers are cached
-    gmm_components: int = 10  # eval.sampler=gmm: Gaussians per class
-    gmm_covariance: str = "full"
-    flow_layers: int = 6  # eval.sampler=flow: coupling layers
-    flow_steps: int = 3000  # and its training minibatches
-
-
-@dataclass
-class PathsConfig:
-    root_dir: str
-    data_dir: str
-    log_dir: str
-    output_dir: str
-
-
-@dataclass
-class TrainConfig:
-    data: DataConfig
-    model: ModelConfig
-    conditioning: dict[str, Any]
-    trainer: dict[str, Any]
-    paths: PathsConfig
-    task: dict[str, Any] | None = None  # None: the label task (configs/task/label.yaml)
-    prior: dict[str, Any] | None = None  # None: N(0, I) (configs/prior/standard.yaml)
-    scheduler: dict[str, Any] | None = None  # None: a constant learning rate (configs/scheduler/)
-    loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    callbacks: dict[str, Any] | None = None
-    logger: dict[str, Any] | None = None
-    task_name: str = "train"
-    seed: int = 42
-    ckpt_path: str | None = None
-    resume: str | None = None
-    optimized_metric: str = "val/loss"
-    reference: dict[str, Any] | None = None  # published numbers this run reproduces
+from cvae_exp.schema import (
+    ACCELERATORS,
+    BINARIZE_CHOICES,
+    GMM_COVARIANCES,
+    LIKELIHOODS,
+    MONITORABLE,
+    PRECISIONS,
+    RECON_Z_CHOICES,
+    SAMPLERS,
+    VAL_METRICS,
+    TrainConfig,
+)
 
 
 def check_sampler(settings) -> None:
@@ -201,7 +102,7 @@ def check_values(cfg: DictConfig) -> DictConfig:
         key = getattr(error, "full_key", None) or "?"
         reason = str(error).splitlines()[0]
         raise UserInputError(
-            f"Invalid config at {key}: {reason}. See configs/ and cvae_exp/config.py for the allowed keys and types."
+            f"Invalid config at {key}: {reason}. See configs/ and cvae_exp/schema.py for the allowed keys and types."
         ) from None
 
     data, model, loss, optim, trainer = typed.data, typed.model, typed.loss, typed.optim, typed.trainer
@@ -449,42 +350,3 @@ def _check_checkpoint(path: str, model, max_epochs: int) -> None:
         f"the checkpoint ckpt_path={path!r} has trained {done} epochs already; pass "
         f"trainer.max_epochs={done + 1} or more to train on from it",
     )
-
-
-def composition_error(error: Exception, overrides: Sequence[str]) -> UserInputError:
-    """Hydra's multi-line composition message (unknown group option, unknown key, bad
-    override syntax) as one paragraph that names the overrides and what is allowed."""
-    lines = str(error).split("Config search path:")[0].split("To append to your config")[0].splitlines()
-    text = " ".join(line.strip() for line in lines if line.strip())
-    if text.startswith("Could not override"):
-        text = (
-            f"{text.removesuffix('.')}: no such key in the config (`cvae-train --cfg job` prints them all; "
-            "`+key=value` adds a key the config lacks, such as another lightning.Trainer argument: "
-            "+trainer.limit_train_batches=10)"
-        )
-    if "Available options in" in text:
-        head, options = text.split("Available options in", 1)
-        group, names = options.split(":", 1)
-        text = f"{head.strip()}; the options of{group}: {', '.join(names.split())}"
-    return UserInputError(
-        f"Cannot compose the config from {' '.join(overrides)}: {text.rstrip('.')}. `cvae-train --help` lists "
-        "the config groups and keys."
-    )
-
-
-def compose_train(overrides: Sequence[str], output_dir: str) -> DictConfig:
-    """The config `cvae-train <overrides>` runs, composed outside a Hydra app (tests,
-    scripts), with ${hydra:...} values resolving as in a run whose directory is `output_dir`."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        try:
-            cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
-        except HydraException as error:
-            raise composition_error(error, overrides) from None
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.runtime.cwd = os.getcwd()
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg.hydra
-    return cfg
