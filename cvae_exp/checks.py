@@ -21,6 +21,7 @@ from cvae_exp.errors import UserInputError
 from cvae_exp.schema import (
     ACCELERATORS,
     BINARIZE_CHOICES,
+    ELBO_TARGET,
     GMM_COVARIANCES,
     LIKELIHOODS,
     MONITORABLE,
@@ -28,6 +29,7 @@ from cvae_exp.schema import (
     RECON_Z_CHOICES,
     SAMPLERS,
     VAL_METRICS,
+    ELBOConfig,
     TrainConfig,
 )
 
@@ -61,11 +63,18 @@ def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise UserInputError(f"Invalid config value {key}={value!r}: {allowed}.")
 
 
+_PASSED: set[str] = set()  # the configs validate() passed in this process
+
+
 def validate(cfg: DictConfig, devices_here: bool = True) -> DictConfig:
     """Check `cfg` against the schema and the allowed ranges, then build what it describes
     (task, network, optimizer, callbacks) to check that too; raise UserInputError.
     `devices_here=False` skips the check that the accelerator exists on this machine,
-    for configs that run elsewhere (a SLURM job composed on a login node, --cfg)."""
+    for configs that run elsewhere (a SLURM job composed on a login node, --cfg). A config
+    that passed in this process (Preflight, then the job) is not checked again."""
+    key = f"{devices_here}\n{OmegaConf.to_yaml(cfg)}"
+    if key in _PASSED:
+        return cfg
     typed = check_values(cfg)
     _check_device(typed.trainer, devices_here)
     task = _build_task(typed)
@@ -83,10 +92,13 @@ def validate(cfg: DictConfig, devices_here: bool = True) -> DictConfig:
                 "val/ssim is the label task's metric; an image-conditioned task logs val/loss, val/recon, "
                 "val/kl and val/mse (over its target pixels)",
             )
+    _check_objective(typed.loss)
     _check_trainer_arguments(typed.trainer)
+    _check_module(typed.module)
     _check_callbacks(typed.callbacks or {})
     if typed.ckpt_path is not None:
         _check_checkpoint(typed.ckpt_path, model, typed.trainer.max_epochs)
+    _PASSED.add(key)
     return cfg
 
 
@@ -96,6 +108,9 @@ def check_values(cfg: DictConfig) -> DictConfig:
     try:
         schema = OmegaConf.structured(TrainConfig)
         OmegaConf.set_struct(schema.optim, False)  # other torch.optim arguments: +optim.momentum=0.9
+        elbo = OmegaConf.select(cfg, "loss._target_") == ELBO_TARGET
+        if elbo:
+            schema.loss = OmegaConf.structured(ELBOConfig)
         typed = OmegaConf.merge(schema, cfg)
         OmegaConf.resolve(typed)
     except OmegaConfBaseException as error:
@@ -120,10 +135,8 @@ def check_values(cfg: DictConfig) -> DictConfig:
     )
     _require(data.num_classes >= 1, "data.num_classes", data.num_classes, "must be an integer >= 1")
     _require(model.latent_dim >= 1, "model.latent_dim", model.latent_dim, "must be an integer >= 1 (the size of z)")
-    _require(loss.likelihood in LIKELIHOODS, "loss.likelihood", loss.likelihood, f"allowed: {' | '.join(LIKELIHOODS)}")
-    _require(loss.var > 0, "loss.var", loss.var, "must be a number > 0 (the Gaussian decoder's variance)")
-    _require(loss.beta >= 0, "loss.beta", loss.beta, "must be a number >= 0")
-    _require(loss.warmup_steps >= 0, "loss.warmup_steps", loss.warmup_steps, "must be an integer >= 0 (0: no warm-up)")
+    if elbo:  # another objective checks its own arguments when validate() builds it
+        _check_elbo(loss)
     _require(optim.lr > 0, "optim.lr", optim.lr, "must be a number > 0")
     _require(optim.weight_decay >= 0, "optim.weight_decay", optim.weight_decay, "must be a number >= 0")
     _require(
@@ -151,16 +164,27 @@ def check_values(cfg: DictConfig) -> DictConfig:
         typed.eval.nll_samples,
         "must be an integer >= 0 (importance samples per test image for test/nll; 0: no likelihood estimate)",
     )
+    _check_trainer_values(trainer)
+    # The ELBO's terms are known here; another objective's are its own, and Lightning names
+    # the logged metrics if a monitor finds none.
+    val_metrics, monitorable = (VAL_METRICS, MONITORABLE) if elbo else (("val/",), ("val/", "train/"))
+    allowed = lambda names: f"allowed: {' | '.join(names)}" + ("" if elbo else " followed by a logged term")
     _require(
-        typed.optimized_metric in VAL_METRICS,
+        typed.optimized_metric.startswith(val_metrics) if not elbo else typed.optimized_metric in val_metrics,
         "optimized_metric",
         typed.optimized_metric,
-        f"allowed: {' | '.join(VAL_METRICS)}",
+        allowed(val_metrics),
     )
-    _check_trainer_values(trainer)
     for key, metric in _callback_monitors(typed.callbacks or {}):
-        _require(metric in MONITORABLE, key, metric, f"allowed: {' | '.join(MONITORABLE)}")
+        _require(metric in monitorable if elbo else metric.startswith(monitorable), key, metric, allowed(monitorable))
     return typed
+
+
+def _check_elbo(loss: DictConfig) -> None:
+    _require(loss.likelihood in LIKELIHOODS, "loss.likelihood", loss.likelihood, f"allowed: {' | '.join(LIKELIHOODS)}")
+    _require(loss.var > 0, "loss.var", loss.var, "must be a number > 0 (the Gaussian decoder's variance)")
+    _require(loss.beta >= 0, "loss.beta", loss.beta, "must be a number >= 0")
+    _require(loss.warmup_steps >= 0, "loss.warmup_steps", loss.warmup_steps, "must be an integer >= 0 (0: no warm-up)")
 
 
 def _precision_and_accelerator(trainer: DictConfig) -> tuple[str, str]:
@@ -249,6 +273,37 @@ def _check_callbacks(callbacks: DictConfig) -> None:
                 f"Invalid config at callbacks.{name}: {_constructor_error(error)} See "
                 "configs/callbacks/default.yaml for its keys."
             ) from None
+
+
+def _check_objective(loss: DictConfig) -> None:
+    """The objective constructs (microseconds), so that a user's objective refuses its bad
+    arguments here, not at the first training step."""
+    try:
+        instantiate(loss)
+    except Exception as error:
+        raise UserInputError(
+            f"Invalid config at loss: {_constructor_error(error)} loss._target_ names an objective class "
+            "(configs/loss/, docs/extending.md) and the other keys are its arguments."
+        ) from None
+
+
+def _check_module(module: DictConfig) -> None:
+    """`module._target_` names a CVAEModule, whose test stage and records every run shares (this
+    check waits for Lightning's import)."""
+    from hydra.utils import get_class
+
+    from cvae_exp.module import CVAEModule
+
+    try:
+        found = get_class(module._target_)
+    except Exception as error:
+        raise UserInputError(f"Invalid config at module: {_constructor_error(error)} See configs/module/.") from None
+    _require(
+        isinstance(found, type) and issubclass(found, CVAEModule),
+        "module._target_",
+        module._target_,
+        "must name a subclass of cvae_exp.module.CVAEModule (configs/module/cvae.yaml, docs/extending.md)",
+    )
 
 
 def _constructor_error(error: Exception) -> str:

@@ -1,11 +1,23 @@
-"""Composing the training config outside a Hydra app (the console script's pre-compose,
-tests, scripts), and Hydra's composition errors as one paragraph."""
+"""Where the training config comes from, and composing it outside a Hydra app (the console
+script's pre-compose, the Python API, tests, scripts), with Hydra's composition errors as
+one paragraph.
+
+The configs ship inside the package as `cvae_exp.configs` (configs/ at the top of a
+checkout), so that an installed wheel finds them in any directory. A user adds configs of
+their own as Hydra does: `--config-dir DIR` (`-cd`) puts DIR before the package's configs
+on the search path, `--config-path`/`-cp` replaces the primary config directory,
+`--config-name`/`-cn` picks the primary config, and `hydra.searchpath=[...]` adds more.
+"""
 
 import os
+import sys
 from collections.abc import Sequence
-from pathlib import Path
+from dataclasses import dataclass
 
-from hydra import compose, initialize_config_dir
+from hydra import compose
+from hydra._internal.hydra import Hydra
+from hydra._internal.utils import create_automatic_config_search_path
+from hydra.core.config_search_path import SearchPathQuery
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
@@ -14,7 +26,50 @@ from omegaconf import DictConfig, open_dict
 from cvae_exp import schema  # noqa: F401 (registers the ${cwd:} resolver the configs use)
 from cvae_exp.errors import UserInputError
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+CONFIG_MODULE = "cvae_exp.configs"
+CONFIG_PATH = f"pkg://{CONFIG_MODULE}"  # the primary config directory, as Hydra names it
+CONFIG_NAME = "train"
+JOB_NAME = "train"  # Hydra's job name, as `cvae-train` has it: the log file is <run dir>/train.log
+
+
+@dataclass
+class ConfigSource:
+    """Where Hydra reads the configs from: the primary config directory and name, and a
+    user's directory searched before the package's configs (`-cd`)."""
+
+    config_path: str = CONFIG_PATH
+    config_name: str = CONFIG_NAME
+    config_dir: str | None = None
+
+    def search_path(self):
+        """The search path Hydra's own command line builds from these (hydra._internal.utils._run_hydra)."""
+        search_path = create_automatic_config_search_path(None, None, self.config_path)
+        if self.config_dir is not None:
+            search_path.prepend(
+                provider="command-line", path=f"file://{self.config_dir}", anchor=SearchPathQuery(provider="schema")
+            )
+        return search_path
+
+
+def import_from_working_directory() -> None:
+    """Make modules in the working directory importable, as `python -m` does, so that a
+    user's `_target_`s there (a dataset loader, a model) need no install. The console
+    scripts call it first."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
+def config_source(config_path: str | None = None, config_name: str | None = None, config_dir: str | None = None):
+    """A ConfigSource from Hydra's flags, with directories made absolute (relative to the
+    working directory) and checked, so that the pre-compose and Hydra read the same files."""
+    for flag, directory in (("--config-path", config_path), ("--config-dir", config_dir)):
+        if directory is not None and not directory.startswith("pkg://") and not os.path.isdir(directory):
+            raise UserInputError(
+                f"{flag} {directory!r}: no such directory (from {os.getcwd()}); pass a directory of YAML "
+                "configs (docs/extending.md shows one)."
+            )
+    absolute = lambda path: path if path is None or path.startswith("pkg://") else os.path.abspath(path)
+    return ConfigSource(absolute(config_path) or CONFIG_PATH, config_name or CONFIG_NAME, absolute(config_dir))
 
 
 def composition_error(error: Exception, overrides: Sequence[str]) -> UserInputError:
@@ -38,17 +93,22 @@ def composition_error(error: Exception, overrides: Sequence[str]) -> UserInputEr
     )
 
 
-def compose_train(overrides: Sequence[str], output_dir: str) -> DictConfig:
-    """The config `cvae-train <overrides>` runs, composed outside a Hydra app (tests,
-    scripts), with ${hydra:...} values resolving as in a run whose directory is `output_dir`."""
+def compose_train(overrides: Sequence[str], output_dir: str | None, source: ConfigSource | None = None) -> DictConfig:
+    """The config `cvae-train <overrides>` runs, composed outside a Hydra app, with
+    ${hydra:...} values resolving as in a run whose directory is `output_dir` (None: the
+    config's own hydra.run.dir, as a single run of cvae-train has it)."""
+    source = source or ConfigSource()
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        try:
-            cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
-        except HydraException as error:
-            raise composition_error(error, overrides) from None
+    try:
+        Hydra.create_main_hydra2(task_name=JOB_NAME, config_search_path=source.search_path())
+        cfg = compose(source.config_name, overrides=list(overrides), return_hydra_config=True)
+    except HydraException as error:
+        raise composition_error(error, overrides) from None
+    finally:
+        GlobalHydra.instance().clear()
     with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
+        run_dir = os.path.abspath(str(cfg.hydra.run.dir)) if output_dir is None else str(output_dir)
+        cfg.hydra.runtime.output_dir = run_dir
         cfg.hydra.runtime.cwd = os.getcwd()
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):

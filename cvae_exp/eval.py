@@ -13,6 +13,7 @@ import os
 import warnings
 from pathlib import Path
 
+from cvae_exp.compose import import_from_working_directory
 from cvae_exp.errors import UserInputError, report_and_exit
 from cvae_exp.files import write_json
 from cvae_exp.schema import RECON_Z_CHOICES, SAMPLERS
@@ -59,11 +60,17 @@ def quiet_libraries() -> None:
 def load_module(checkpoint: Path, **eval_overrides):
     """The CVAEModule a checkpoint holds, with eval settings overridden (torch and Lightning
     are imported here, and their notices quietened)."""
+    import torch
+    from hydra.utils import get_class
+
     from cvae_exp.module import CVAEModule
 
+    import_from_working_directory()  # the run's own `_target_`s (a user's dataset loader) may live there
     quiet_libraries()
     try:
-        module = CVAEModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
+        target = torch.load(checkpoint, map_location="cpu", weights_only=False).get("module_target")
+        module_class = get_class(target) if target else CVAEModule  # older checkpoints: the CVAEModule
+        module = module_class.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
     except Exception as error:  # truncated file, another model's checkpoint, ...
         raise UserInputError(
             f"Cannot load {str(checkpoint)!r} as a cvae-exp checkpoint ({type(error).__name__}: {error}); pass "

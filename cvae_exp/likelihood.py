@@ -11,36 +11,34 @@ import math
 
 import torch
 
-from cvae_exp.distributions import gaussian_log_prob
 from cvae_exp.models import CVAE
-from cvae_exp.models.cvae import reparameterize
-from cvae_exp.objective import Objective
+from cvae_exp.objective import ELBO
 
 ROWS_PER_CHUNK = 32768  # decoder rows (images x samples) per forward pass: memory, not precision
 
 
 @torch.no_grad()
 def log_weights(
-    cvae: CVAE, objective: Objective, x: torch.Tensor, condition: torch.Tensor, mask: torch.Tensor | None, samples: int
+    cvae: CVAE, objective: ELBO, x: torch.Tensor, condition: torch.Tensor, mask: torch.Tensor | None, samples: int
 ) -> torch.Tensor:
     """log p(x | z_k, c) + log p(z_k | c) - log q(z_k | x, c) for k = 1..samples: shape (samples, N)."""
-    mu, logvar = cvae.posterior(x, condition)
-    if cvae.encoder is None:  # no latent variable: one exact term
-        return objective.log_likelihood(x, cvae.decoder(mu, condition), mask)[None]
+    posterior = cvae.encode(x, condition)
+    if not cvae.has_latent:  # no latent variable: one exact term
+        return objective.log_likelihood(x, cvae.decode_logits(posterior.mean, condition), mask)[None]
     per_chunk = max(1, ROWS_PER_CHUNK // len(x))
     weights = []
     for start in range(0, samples, per_chunk):
         k = min(per_chunk, samples - start)
-        z = reparameterize(mu.expand(k, *mu.shape), logvar.expand(k, *logvar.shape))  # (k, N, D)
+        z = posterior.rsample(k)  # (k, N, D)
         repeat = lambda tensor, k=k: None if tensor is None else tensor.repeat(k, *[1] * (tensor.dim() - 1))
-        logits = cvae.decoder(z.flatten(0, 1), repeat(condition))
+        logits = cvae.decode_logits(z.flatten(0, 1), repeat(condition))
         log_likelihood = objective.log_likelihood(repeat(x), logits, repeat(mask)).view(k, len(x))
-        weights.append(log_likelihood + cvae.prior.log_prob(z, condition) - gaussian_log_prob(z, mu, logvar))
+        weights.append(log_likelihood + cvae.log_prior(z, condition) - posterior.log_prob(z))
     return torch.cat(weights)
 
 
 def importance_sampled_nll(
-    cvae: CVAE, objective: Objective, x, condition, mask, samples: int
+    cvae: CVAE, objective: ELBO, x, condition, mask, samples: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(-log p(x | c) estimated with `samples` importance samples, the negative ELBO averaged
     over the same samples), each of shape (N,), in nats."""

@@ -18,8 +18,8 @@ from cvae_exp.evaluation import generate_per_class, grade, save_grader_images
 from cvae_exp.likelihood import importance_sampled_nll
 from cvae_exp.metrics import quantize_uint8, ssim_per_image
 from cvae_exp.models import CVAE, build_cvae
-from cvae_exp.objective import Objective
 from cvae_exp.samplers import fitted_sampler
+from cvae_exp.schema import ELBO_TARGET
 from cvae_exp.tasks import LabelTask
 
 
@@ -44,20 +44,13 @@ class CVAEModule(L.LightningModule):
         self.save_hyperparameters()
         self.task = instantiate(task) if task else LabelTask()
         self.cvae: CVAE = build_cvae(model, conditioning, prior, self.task, data)
-        self.objective = Objective(**loss)
+        # a checkpoint written before `loss._target_` existed holds the ELBO's arguments alone
+        self.objective = instantiate({"_target_": ELBO_TARGET, **loss})
         self.val_mse, self.val_ssim = MeanSquaredError(), MeanMetric()
         self.test_mse, self.test_nll, self.test_neg_elbo = MeanSquaredError(), MeanMetric(), MeanMetric()
         self.test_records: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.sampler: torch.nn.Module | None = None  # eval.sampler, fitted when the test starts; None: the prior
         self.classifier_record: dict | None = None  # where the metrics' classifier is and its test accuracy
-
-    @classmethod
-    def from_config(cls, cfg) -> "CVAEModule":
-        """The module a composed training config describes."""
-        from omegaconf import OmegaConf
-
-        keys = ("model", "conditioning", "data", "loss", "optim", "eval", "task", "prior", "scheduler")
-        return cls(**{key: OmegaConf.to_container(cfg[key], resolve=True) for key in keys if cfg.get(key) is not None})
 
     @property
     def graded(self) -> bool:
@@ -74,24 +67,27 @@ class CVAEModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         images, condition, mask = self._split(batch)
-        output = self.cvae(images, condition)
-        terms = self.objective(images, output.logits, output.kl, self.objective.beta_at(self.global_step), mask)
-        self._stop_if_diverged(terms)
-        self.train_sums += torch.stack(list(terms.values())).detach() * len(images)
+        result = self.objective(self.cvae, images, condition, mask, step=self.global_step)
+        self._stop_if_diverged(result.terms)
+        if self.train_sums is None:  # the first step names the terms
+            self.train_terms = list(result.terms)
+            self.train_sums = torch.zeros(len(self.train_terms), device=self.device)
+        self.train_sums += torch.stack([result.terms[name] for name in self.train_terms]).detach() * len(images)
         self.train_count += len(images)
-        return terms["loss"]
+        return result.loss
 
     def on_train_epoch_start(self):
         """Epoch means are summed here and logged once per epoch: calling `self.log` on
         every step costs about 1 ms a step, 10% of an MLP step at batch 128 on a CPU
         (scripts/benchmark.py)."""
-        self.train_sums = torch.zeros(len(Objective.TERMS), device=self.device)
+        self.train_sums: torch.Tensor | None = None
         self.train_count = 0
 
     def on_train_epoch_end(self):
-        means = (self.train_sums / max(self.train_count, 1)).tolist()
-        self.log_dict({f"train/{name}": mean for name, mean in zip(Objective.TERMS, means)}, sync_dist=True)
-        self.log("train/beta", self.objective.beta_at(self.global_step))
+        if self.train_sums is not None:
+            means = (self.train_sums / max(self.train_count, 1)).tolist()
+            self.log_dict({f"train/{name}": mean for name, mean in zip(self.train_terms, means)}, sync_dist=True)
+        self.log_dict({f"train/{name}": value for name, value in self.objective.schedule(self.global_step).items()})
 
     def _stop_if_diverged(self, terms: dict[str, torch.Tensor]) -> None:
         """Stop before a non-finite loss reaches the weights. Lightning's own checks act
@@ -106,9 +102,10 @@ class CVAEModule(L.LightningModule):
                 "a smaller optim.lr, a KL warm-up (loss.warmup_steps) or trainer.precision=32-true (this run: "
                 f"{precision})"
             )
+        others = ", ".join(f"{name} {value.item()}" for name, value in terms.items() if name != "loss")
         raise TrainingDiverged(
-            f"Training diverged: the loss is {terms['loss'].item()} (reconstruction {terms['recon'].item()}, "
-            f"KL {terms['kl'].item()}) at step {self.global_step}, epoch {self.current_epoch}. The likely cause "
+            f"Training diverged: the loss is {terms['loss'].item()} ({others}) at step {self.global_step}, "
+            f"epoch {self.current_epoch}. The likely cause "
             f"is a learning rate too high for this model (optim.lr={self.hparams.optim['lr']}); try {remedies}. "
             f"Checkpoints written before this step are kept; the best is the last with a finite validation loss."
         )
@@ -118,10 +115,9 @@ class CVAEModule(L.LightningModule):
         forward pass. Validation and test use the configured beta, not the warm-up's
         current one, so that val/loss (the checkpoint criterion) is the same objective
         every epoch."""
-        output = self.cvae(images, condition)
-        terms = self.objective(images, output.logits, output.kl, self.objective.beta, mask)
-        self.log_dict({f"{stage}/{name}": value for name, value in terms.items()}, sync_dist=True)
-        return torch.sigmoid(output.logits.float())
+        result = self.objective(self.cvae, images, condition, mask)
+        self.log_dict({f"{stage}/{name}": value for name, value in result.terms.items()}, sync_dist=True)
+        return torch.sigmoid(result.output.logits.float())
 
     def validation_step(self, batch, batch_idx):
         """val/mse over the target pixels of the whole split; for the label task val/ssim,
@@ -225,6 +221,7 @@ class CVAEModule(L.LightningModule):
         """Checkpoints are written after each validation: they carry its metrics, so that
         metrics.json reports the best checkpoint's without validating it again."""
         checkpoint["val_metrics"] = self.validation_metrics()
+        checkpoint["module_target"] = f"{type(self).__module__}.{type(self).__qualname__}"  # what cvae-eval loads
 
     def configure_optimizers(self):
         optimizer = instantiate(self.hparams.optim)(self.parameters())

@@ -1,14 +1,38 @@
-"""The objective: likelihood term + beta * KL per image, averaged over the batch
-(its densities are in cvae_exp/distributions.py)."""
+"""Objectives: what a model is trained to minimise, chosen by the config node `loss`
+(`loss._target_`; its other keys are the objective's arguments).
+
+The protocol: `objective(model, x, condition, mask, step)` runs the model's forward pass
+on a batch and returns a LossOutput: the loss, its named terms (each a scalar, logged as
+train/<name>, val/<name>, test/<name>; "loss" among them) and the model's output.
+`step` is the optimiser step in training and None in validation and test, which use the
+objective as configured (no warm-up). `schedule(step)` names the values that change with
+the step (logged under train/ once per epoch), and `log_likelihood(x, logits, mask)` is
+log p(x | z, c) for the likelihood estimate (cvae_exp/likelihood.py). A new objective is
+one class with this protocol plus one YAML file in configs/loss/ (docs/extending.md).
+The densities are in cvae_exp/distributions.py.
+"""
+
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from cvae_exp.distributions import bernoulli_nll, gaussian_nll, gaussian_nll_constant
-from cvae_exp.schema import LIKELIHOODS, LOSS_TERMS
+from cvae_exp.schema import LIKELIHOODS
 
 
-class Objective:
-    """Negative ELBO with a beta weight and an optional linear KL warm-up.
+@dataclass
+class LossOutput:
+    """What an objective returns for a batch (pythae's output contract)."""
+
+    loss: torch.Tensor  # the scalar the optimiser minimises
+    terms: dict[str, torch.Tensor]  # named scalars, logged by the LightningModule; "loss" among them
+    output: Any  # the model's forward output (cvae_exp/models/cvae.py: CVAEOutput)
+
+
+class ELBO:
+    """Negative ELBO with a beta weight and an optional linear KL warm-up (beta-VAE when
+    beta != 1): terms loss = recon + beta * kl, recon and kl, each averaged over the batch.
 
     `beta_at(step)` rises linearly from 0 to `beta` over `warmup_steps` optimiser steps.
     The KL term comes from the model's prior (cvae_exp/models/priors.py); the likelihood
@@ -16,7 +40,6 @@ class Objective:
     """
 
     LIKELIHOODS = LIKELIHOODS
-    TERMS = LOSS_TERMS  # the keys of what __call__ returns, in that order
 
     def __init__(self, likelihood: str = "gaussian", var: float = 0.5, beta: float = 1.0, warmup_steps: int = 0):
         if likelihood not in self.LIKELIHOODS:
@@ -27,6 +50,9 @@ class Objective:
         if self.warmup_steps <= 0:
             return self.beta
         return self.beta * min(1.0, step / self.warmup_steps)
+
+    def schedule(self, step: int) -> dict[str, float]:
+        return {"beta": self.beta_at(step)}
 
     def reconstruction(self, x: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.likelihood == "gaussian":
@@ -41,7 +67,13 @@ class Objective:
             log_likelihood = log_likelihood - gaussian_nll_constant(pixels, self.var)
         return log_likelihood
 
-    def __call__(self, x, logits, kl, beta: float, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def terms(self, x, logits, kl, beta: float, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The batch means of the terms, from the decoder's logits and the per-image KL."""
         recon = self.reconstruction(x, logits, mask).mean()
         kl = kl.mean()
-        return dict(zip(self.TERMS, (recon + beta * kl, recon, kl)))
+        return {"loss": recon + beta * kl, "recon": recon, "kl": kl}
+
+    def __call__(self, model, x, condition, mask: torch.Tensor | None = None, step: int | None = None) -> LossOutput:
+        output = model(x, condition)
+        terms = self.terms(x, output.logits, output.kl, self.beta if step is None else self.beta_at(step), mask)
+        return LossOutput(terms["loss"], terms, output)

@@ -9,7 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Timer
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
@@ -28,7 +28,7 @@ def build(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> tuple[Tens
     callback no checkpoint is written (Lightning would otherwise add one of its own)."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
-    module = CVAEModule.from_config(cfg)
+    module = build_module(cfg)
     loggers = [instantiate(logger) for logger in (cfg.logger or {}).values()]
     callbacks = [instantiate(callback) for callback in (cfg.callbacks or {}).values()]
     timer = Timer(duration=cfg.trainer.get("max_time"))  # Lightning ignores trainer.max_time beside a Timer of ours
@@ -44,6 +44,20 @@ def build(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> tuple[Tens
         enable_model_summary=False,
     )
     return datamodule, module, trainer
+
+
+MODULE_ARGUMENTS = ("model", "conditioning", "data", "loss", "optim", "eval", "task", "prior", "scheduler")
+
+
+def build_module(cfg: DictConfig) -> CVAEModule:
+    """The LightningModule that `module._target_` names, built with the run's config nodes
+    as plain dicts (so that its checkpoint's hyperparameters describe the run) and the other
+    keys of `module`."""
+    nodes = {
+        key: OmegaConf.to_container(cfg[key], resolve=True) for key in MODULE_ARGUMENTS if cfg.get(key) is not None
+    }
+    own = {key: value for key, value in OmegaConf.to_container(cfg.module, resolve=True).items() if key != "_target_"}
+    return get_class(cfg.module._target_)(**nodes, **own)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:

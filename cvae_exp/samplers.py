@@ -155,7 +155,7 @@ def build(name: str, eval_config: dict, num_classes: int, latent_dim: int) -> nn
 
 def require_applicable(cvae, name: str) -> None:
     """A fitted sampler needs class labels as the condition and a latent variable."""
-    if name != "prior" and (not cvae.labels_condition or cvae.encoder is None):
+    if name != "prior" and (not cvae.labels_condition or not cvae.has_latent):
         raise UserInputError(
             f"Invalid sampler {name!r} for this run: it fits a density per class to the posterior codes, so it "
             "needs labels "
@@ -168,7 +168,7 @@ def posterior_means(cvae, images: torch.Tensor, labels: torch.Tensor, batch_size
     """mu of q(z | x, y) for uint8 images, in batches."""
     parameter = next(cvae.encoder.parameters())
     means = [
-        cvae.posterior(x.to(parameter.device, parameter.dtype) / 255, y.to(parameter.device))[0].float()
+        cvae.encode(x.to(parameter.device, parameter.dtype) / 255, y.to(parameter.device)).mean.float()
         for x, y in zip(images.split(batch_size), labels.split(batch_size))
     ]
     return torch.cat(means)

@@ -49,8 +49,14 @@ class ModelConfig:
     decoder: dict[str, Any]
 
 
+ELBO_TARGET = "cvae_exp.objective.ELBO"
+
+
 @dataclass
-class LossConfig:
+class ELBOConfig:
+    """loss=elbo (configs/loss/elbo.yaml). Another objective's keys are its own."""
+
+    _target_: str = ELBO_TARGET
     likelihood: str = "gaussian"
     var: float = 0.5
     beta: float = 1.0
@@ -101,7 +107,8 @@ class TrainConfig:
     task: dict[str, Any] | None = None  # None: the label task (configs/task/label.yaml)
     prior: dict[str, Any] | None = None  # None: N(0, I) (configs/prior/standard.yaml)
     scheduler: dict[str, Any] | None = None  # None: a constant learning rate (configs/scheduler/)
-    loss: LossConfig = field(default_factory=LossConfig)
+    loss: Any = None  # ELBOConfig for loss=elbo (checks.py types it); another objective's node is its own
+    module: Any = None  # configs/module/: the LightningModule's _target_ and its own keys
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     callbacks: dict[str, Any] | None = None

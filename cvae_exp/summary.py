@@ -1,10 +1,18 @@
 """The hyperparameters that tell a run from its neighbours in a sweep: metrics.json's
-`hparams`, TensorBoard's HParams tab and cvae-table's columns. Kept free of heavy imports,
-so that cvae-table reads runs without loading torch."""
+`hparams`, TensorBoard's HParams tab and cvae-table's columns; and how TensorBoard shows a
+sweep (configs/logger/tensorboard.yaml): each run named by the overrides that vary, those
+first in the HParams tab, the run's metrics before Lightning's counters. Kept free of heavy
+imports (Lightning and TensorBoard load inside the functions that need them), so that
+cvae-table reads runs without loading torch."""
 
+import functools
+import hashlib
+import time
+from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 
@@ -45,3 +53,170 @@ def _parameters(group: str, node: Any) -> dict[str, Any]:
         f"{group}.{key}": value if isinstance(value, (int, float, str, bool)) or value is None else str(list(value))
         for key, value in values.items()
     }
+
+
+# How a sweep's job is told from the others: TensorBoard names a run by its directory, so a
+# job's events go to tensorboard/<its varied overrides>/ (a single run's stay in tensorboard/).
+SWEEP_FILE = "multirun.yaml"  # where Hydra's basic sweeper saves the sweep's config, arguments included
+NAME_LIMIT = 200  # characters of a run name; a file name takes 255 bytes
+# Config keys that run_summary reports under another name; a group choice (model=conv) and
+# task.*, prior.* and seed keep theirs
+SUMMARY_NAMES = {
+    "data.name": "data",
+    "model.latent_dim": "latent_dim",
+    "loss.likelihood": "likelihood",
+    "loss.beta": "beta",
+    "optim.lr": "lr",
+    "trainer.max_epochs": "epochs",
+    "data.batch_size": "batch_size",
+    "trainer.precision": "precision",
+    "eval.sampler": "sampler",
+}
+# The HParams tab shows the first five metrics by default: the grade and the losses first
+MAIN_METRICS = ("test/score", "test/loss", "test/ssim", "test/mse", "test/fid")
+# Lightning's epoch counter and the learning-rate monitor's lr-<optimizer> go to a group that
+# sorts after train/, val/ and test/: TensorBoard orders cards by tag and opens the first groups
+TRAINER_GROUP = "z_trainer"
+
+
+def varied_overrides(job: list[str], sweep: list[str] | None) -> list[str]:
+    """The job's overrides of the keys that `sweep` (the sweep's arguments, e.g.
+    `model.latent_dim=8,16` or Optuna's `choice(...)`) varies, as `key=value` in the job's
+    order; all of them when the sweep's arguments are unknown. Keys, not text, are compared:
+    Hydra rewrites `x=false` as `x=False` in a job."""
+    parser = OverridesParser.create()
+    swept = None if sweep is None else {o.key_or_group for o in parser.parse_overrides(sweep) if o.is_sweep_override()}
+    return [
+        f"{o.key_or_group}={o.get_value_element_as_str()}"
+        for o in parser.parse_overrides(job)
+        if swept is None or o.key_or_group in swept
+    ]
+
+
+def sweep_overrides(run_dir: Path) -> list[str]:
+    """What tells this run from the other jobs of its sweep ([] for a single run), from the
+    job's .hydra/hydra.yaml, which a resumed job keeps (its live Hydra config is the resume's),
+    and the sweep's multirun.yaml (or Optuna's search space, hydra.sweeper.params)."""
+    saved = run_dir / ".hydra" / "hydra.yaml"
+    hydra = OmegaConf.load(saved).hydra if saved.is_file() else HydraConfig.get() if HydraConfig.initialized() else None
+    if hydra is None or not str(hydra.mode).endswith("MULTIRUN"):
+        return []
+    sweep = [f"{key}={value}" for key, value in (hydra.sweeper.get("params") or {}).items()] or None
+    recorded = OmegaConf.select(hydra, "sweep.dir", throw_on_resolution_failure=False)
+    directories = ([] if recorded is None else [Path(str(recorded))]) + [run_dir.parent]  # the parent: a moved sweep
+    for directory in directories:
+        if (directory / SWEEP_FILE).is_file():
+            sweep = list(OmegaConf.load(directory / SWEEP_FILE).hydra.overrides.task) + (sweep or [])
+            break
+    return varied_overrides(list(hydra.overrides.task), sweep)
+
+
+def run_name(overrides: list[str]) -> str:
+    """TensorBoard's name of a run below <run dir>/tensorboard/, e.g. `model.latent_dim=8,seed=1`
+    ("": no sub-directory). A '/' would nest directories; a long name ends in a hash, to stay unique."""
+    name = ",".join(overrides).replace("/", "-")
+    if len(name) > NAME_LIMIT:
+        name = f"{name[: NAME_LIMIT - 9]}~{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return name
+
+
+def tensorboard_hparams(summary: dict[str, Any], overrides: list[str]) -> tuple[dict[str, Any], set[str]]:
+    """The HParams tab's values and the names among them that the sweep varies: these first
+    (a varied key run_summary lacks, such as model.encoder.hidden_dims, is added), then the rest
+    of the summary, all as numbers, booleans or text."""
+    varied = {}
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = SUMMARY_NAMES.get(override.key_or_group, override.key_or_group)
+        varied[key] = summary[key] if key in summary else override.value()
+    hparams = {key: _scalar(value) for key, value in {**varied, **summary}.items()}
+    return hparams, set(varied)
+
+
+def _scalar(value: Any) -> Any:
+    return value if isinstance(value, (int, float, str, bool)) else str(value)
+
+
+def _kind(value: bool | int | float | str) -> tuple[str, str]:
+    """A hparam's data type in the HParams plugin, and its field in a protobuf Value."""
+    if isinstance(value, bool):
+        return "DATA_TYPE_BOOL", "bool_value"
+    return ("DATA_TYPE_STRING", "string_value") if isinstance(value, str) else ("DATA_TYPE_FLOAT64", "number_value")
+
+
+def hparams_records(hparams: dict[str, Any], differs: set[str], metrics: list[str]) -> list:
+    """The HParams plugin's experiment, session start and session end summaries, as Lightning's
+    log_hyperparams writes them but with the varied hparams marked `differs`: the HParams tab
+    shows those first (and five in all by default), the main test metrics first. Built from the
+    plugin's protos: summary_v2.hparams_config_pb cannot mark `differs`, and its hparams_pb names
+    a session group, which would merge equal runs of different sweeps into one row."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+    def record(tag: str, **data) -> Summary:
+        content = metadata.create_summary_metadata(plugin_data_pb2.HParamsPluginData(**data))
+        return Summary(value=[Summary.Value(tag=tag, metadata=content, tensor=metadata.NULL_TENSOR)])
+
+    infos = [
+        api_pb2.HParamInfo(name=name, type=_kind(value)[0], differs=name in differs) for name, value in hparams.items()
+    ]
+    tags = sorted(metrics, key=lambda tag: MAIN_METRICS.index(tag) if tag in MAIN_METRICS else len(MAIN_METRICS))
+    experiment = api_pb2.Experiment(
+        hparam_infos=infos,
+        metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in tags],
+        time_created_secs=time.time(),
+    )
+    start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
+    for name, value in hparams.items():
+        setattr(start.hparams[name], _kind(value)[1], value)
+    end = plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS, end_time_secs=time.time())
+    return [
+        record(metadata.EXPERIMENT_TAG, experiment=experiment),
+        record(metadata.SESSION_START_INFO_TAG, session_start_info=start),
+        record(metadata.SESSION_END_INFO_TAG, session_end_info=end),
+    ]
+
+
+def __getattr__(name: str) -> Any:
+    """`SweepTensorBoardLogger` (configs/logger/tensorboard.yaml), made on first use: this
+    module loads Lightning only where a run logs."""
+    if name == "SweepTensorBoardLogger":
+        return _logger_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def _logger_class() -> type:
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from lightning.pytorch.utilities import rank_zero_only
+
+    class SweepTensorBoardLogger(TensorBoardLogger):
+        """Lightning's TensorBoardLogger for sweeps: a job logs to tensorboard/<run_name>/ (with
+        `version` None; a single run to tensorboard/), its HParams records mark the hparams that
+        the sweep varies, and Lightning's counters go under TRAINER_GROUP."""
+
+        def __init__(self, save_dir: str, version: str | None = None, **kwargs: Any) -> None:
+            self.sweep_overrides = sweep_overrides(Path(save_dir))
+            super().__init__(save_dir, version=run_name(self.sweep_overrides) if version is None else version, **kwargs)
+
+        def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+            moved = {
+                f"{TRAINER_GROUP}/{key}" if key == "epoch" or key.startswith("lr-") else key: value
+                for key, value in metrics.items()
+            }
+            super().log_metrics(moved, step)
+
+        @rank_zero_only
+        def log_hyperparams(self, params: Any, metrics: dict[str, Any] | None = None, step: int | None = None) -> None:
+            """With `metrics` (the final test metrics, cvae_exp/run.py): hparams.yaml, and the
+            HParams records of `params` (run_summary) beside those metrics, whose values the test
+            stage has logged already. Without: Lightning's (the config at fit start)."""
+            super().log_hyperparams(params, step=step)
+            if not metrics:
+                return
+            hparams, differs = tensorboard_hparams(params, self.sweep_overrides)
+            writer = self.experiment._get_file_writer()  # as Lightning writes them: no public API takes a Summary
+            for record in hparams_records(hparams, differs, list(metrics)):
+                writer.add_summary(record, step)
+
+    SweepTensorBoardLogger.__qualname__ = SweepTensorBoardLogger.__name__  # found by pickle via __getattr__
+    return SweepTensorBoardLogger

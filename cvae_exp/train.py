@@ -20,7 +20,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from cvae_exp.checks import validate
-from cvae_exp.compose import CONFIG_DIR, compose_train
+from cvae_exp.compose import (
+    CONFIG_NAME,
+    CONFIG_PATH,
+    ConfigSource,
+    compose_train,
+    config_source,
+    import_from_working_directory,
+)
 from cvae_exp.errors import TrainingDiverged, UserInputError, report_and_exit
 from cvae_exp.files import write_json
 from cvae_exp.preflight import display_path
@@ -62,14 +69,29 @@ def closing_line(metrics: dict[str, Any], run_dir: Path, seconds: float) -> str:
     )
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
 def job(cfg: DictConfig) -> float:
     """One job: returns the best checkpoint's validation `optimized_metric` (what a
     sweeper such as Optuna optimises). A failure is recorded in metrics.json; a single
     run then exits non-zero with one paragraph, a multirun's job returns NaN so that the
     other jobs run (the sweep's summary exits non-zero at the end)."""
-    start, run_dir = time.perf_counter(), Path(cfg.paths.output_dir)
     logging.captureWarnings(True)  # library warnings go to train.log (configs/hydra/default.yaml), not the console
+    try:
+        metrics = execute(cfg)
+    except (UserInputError, TrainingDiverged) as error:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            return float("nan")
+        report_and_exit(error, "cvae-train", status=2 if isinstance(error, UserInputError) else 1)
+    if not metrics:  # a data-parallel rank other than 0
+        return float("nan")
+    return metrics["val"][cfg.optimized_metric.removeprefix("val/")]
+
+
+def execute(cfg: DictConfig) -> dict:
+    """Validate and train one run, write its metrics.json and log the closing line, also
+    when it fails (then the error propagates); returns what metrics.json holds ({} on a
+    data-parallel rank other than 0)."""
+    start, run_dir = time.perf_counter(), Path(cfg.paths.output_dir)
     try:
         validate(cfg)
         from cvae_exp.run import train  # torch and Lightning, once the config has passed
@@ -83,33 +105,65 @@ def job(cfg: DictConfig) -> float:
         if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0:  # one record under data parallelism
             write_json(run_dir / "metrics.json", metrics)
             log.error(closing_line(metrics, run_dir, time.perf_counter() - start))
-        if not isinstance(error, (UserInputError, TrainingDiverged)):
-            raise  # a bug: Hydra shows the traceback
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            return float("nan")
-        report_and_exit(error, "cvae-train", status=2 if isinstance(error, UserInputError) else 1)
-    if not metrics:  # a data-parallel rank other than 0
-        return float("nan")
-    write_json(run_dir / "metrics.json", metrics)
-    log.info(closing_line(metrics, run_dir, time.perf_counter() - start))
-    return metrics["val"][cfg.optimized_metric.removeprefix("val/")]
+        raise  # a bug (not bad input, not divergence): Hydra shows the traceback
+    if metrics:
+        write_json(run_dir / "metrics.json", metrics)
+        log.info(closing_line(metrics, run_dir, time.perf_counter() - start))
+    return metrics
 
 
 def main() -> None:
     """The console script. Its arguments are composed here first, so that a composition
     error (an unknown option or key) reads as one paragraph, not as Hydra's page; with
     `--cfg`, Hydra prints the config without running a job (or its callbacks), so that
-    config is validated here too. A sweep's values are composed per job by Preflight."""
-    arguments = sys.argv[1:]
+    config is validated here too. A sweep's values are composed per job by Preflight.
+    A user's `_target_`s may live in the working directory."""
+    import_from_working_directory()
     try:
-        cfg = compose_train(fixed_overrides(arguments), output_dir=".")
-        if "--cfg" in arguments or "-c" in arguments:
+        source, sys.argv[1:] = config_flags(sys.argv[1:])
+        cfg = compose_train(fixed_overrides(sys.argv[1:]), output_dir=".", source=source)
+        if "--cfg" in sys.argv or "-c" in sys.argv:
             validate(cfg, devices_here=False)
     except UserInputError as error:
         report_and_exit(error, "cvae-train")
     job()
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN:
         exit_without_teardown()
+
+
+CONFIG_FLAGS = {
+    "--config-path": "config_path",
+    "-cp": "config_path",
+    "--config-name": "config_name",
+    "-cn": "config_name",
+    "--config-dir": "config_dir",
+    "-cd": "config_dir",
+}
+
+
+def config_flags(arguments: list[str]) -> tuple[ConfigSource, list[str]]:
+    """The config source that Hydra's flags name, and the arguments with its directories
+    made absolute: Hydra reads a relative --config-path from this file's directory, a user
+    means the working directory."""
+    values, rewritten, remaining = {}, [], iter(arguments)
+    for argument in remaining:
+        flag, equals, value = argument.partition("=")
+        if flag not in CONFIG_FLAGS:
+            rewritten.append(argument)
+            continue
+        value = value if equals else next(remaining, None)
+        if value is None:
+            raise UserInputError(f"{flag} needs a value: a directory (-cp, -cd) or a config name (-cn).")
+        values[CONFIG_FLAGS[flag]] = value
+    source = config_source(**values)
+    for flag, key in (
+        ("--config-path", "config_path"),
+        ("--config-name", "config_name"),
+        ("--config-dir", "config_dir"),
+    ):
+        if key in values:
+            rewritten += [flag, getattr(source, key)]
+    return source, rewritten
 
 
 def exit_without_teardown() -> None:
@@ -125,7 +179,8 @@ def exit_without_teardown() -> None:
 
 
 def fixed_overrides(arguments: list[str]) -> list[str]:
-    """The key=value arguments that are no sweep, without Hydra's flags and hydra.* keys."""
+    """The key=value arguments that are no sweep, without Hydra's flags and the hydra.* keys
+    that do not change what is composed."""
     takes_value = {
         "--cfg",
         "-c",
@@ -146,7 +201,8 @@ def fixed_overrides(arguments: list[str]) -> list[str]:
         if skip or argument.startswith("-"):
             skip = argument in takes_value
             continue
-        if not argument.startswith("hydra") and not is_sweep(argument):
+        composes = not argument.startswith("hydra") or argument.startswith("hydra.searchpath")
+        if composes and not is_sweep(argument):
             overrides.append(argument)
     return overrides
 

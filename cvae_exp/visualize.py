@@ -88,8 +88,8 @@ def interpolation(
             f"start_labels has {len(start_labels)} entries and end_labels {len(end_labels)}: pass one end "
             "image per start image"
         )
-    start, _ = cvae.posterior(_checked_images(cvae, start_images, start_labels, name="start_images"), start_labels)
-    end, _ = cvae.posterior(_checked_images(cvae, end_images, end_labels, name="end_images"), end_labels)
+    start = cvae.encode(_checked_images(cvae, start_images, start_labels, name="start_images"), start_labels).mean
+    end = cvae.encode(_checked_images(cvae, end_images, end_labels, name="end_images"), end_labels).mean
     return _interpolate(cvae, start, end, start_labels, steps)
 
 

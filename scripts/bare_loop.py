@@ -22,8 +22,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torchvision import datasets
 
-from cvae_exp.objective import Objective
-
 
 def now(device: torch.device) -> float:
     """Wall time once queued GPU work is done, so that an epoch is not timed by its launches."""
@@ -45,7 +43,7 @@ class PlainLoop:
             num_classes=cfg.data.num_classes,
         ).to(device)
         self.optimizer = instantiate(cfg.optim)(self.model.parameters())  # the config's, as the framework's
-        self.objective = Objective(**cfg.loss)
+        self.objective = instantiate(cfg.loss)
         self.bf16 = cfg.trainer.precision == "bf16-mixed"
         self.batches, self.device, self.times = batches, device, []
 
@@ -55,7 +53,7 @@ class PlainLoop:
             images, labels = images.to(self.device), labels.to(self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 output = self.model(images, labels)
-                loss = self.objective(images, output.logits, output.kl, self.objective.beta)["loss"]
+                loss = self.objective.terms(images, output.logits, output.kl, self.objective.beta)["loss"]
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

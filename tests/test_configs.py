@@ -10,7 +10,6 @@ import torch
 from omegaconf import OmegaConf
 
 from cvae_exp.checks import validate
-from cvae_exp.compose import CONFIG_DIR
 from cvae_exp.errors import UserInputError
 
 GROUPS = [
@@ -19,6 +18,8 @@ GROUPS = [
     "conditioning",
     "task",
     "prior",
+    "loss",
+    "module",
     "trainer",
     "callbacks",
     "logger",
@@ -27,6 +28,7 @@ GROUPS = [
     "hparams_search",
     "debug",
 ]
+CONFIG_DIR = Path(__file__).parents[1] / "configs"
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted(Path(CONFIG_DIR, group).glob("*.yaml"))]
 
 

@@ -14,7 +14,7 @@ from cvae_exp.metrics import quantize_uint8, ssim_per_image
 from cvae_exp.models.conditioning import Concat, Conditioning, FiLMLayer
 from cvae_exp.models.conv import ConvDecoder, ConvEncoder
 from cvae_exp.module import CVAEModule
-from cvae_exp.objective import Objective
+from cvae_exp.objective import ELBO
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 NUM_CLASSES = 10
@@ -55,10 +55,10 @@ def batch(image_shape) -> tuple[torch.Tensor, torch.Tensor]:
 
 def train(cvae, images, labels, steps: int = 1, lr: float = 1e-3) -> torch.Tensor:
     optimizer = torch.optim.Adam(cvae.parameters(), lr=lr)
-    objective = Objective()
+    objective = ELBO()
     for _ in range(steps):
         output = cvae(images, labels)
-        loss = objective(images, output.logits, output.kl, beta=1.0)["loss"]
+        loss = objective.terms(images, output.logits, output.kl, beta=1.0)["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -8,7 +8,7 @@ from torch.distributions import Bernoulli, Normal, kl_divergence
 
 from cvae_exp.distributions import bernoulli_nll, gaussian_kl, gaussian_nll, gaussian_nll_constant
 from cvae_exp.models.cvae import reparameterize
-from cvae_exp.objective import Objective
+from cvae_exp.objective import ELBO
 
 IMAGE_SHAPE = (1, 6, 5)
 
@@ -115,12 +115,12 @@ def test_reparameterize_samples_have_posterior_mean_and_std():
 
 @pytest.mark.parametrize(("step", "expected_beta"), [(0, 0.0), (5, 1.0), (10, 2.0), (25, 2.0)])
 def test_beta_warms_up_linearly(step, expected_beta):
-    assert Objective(beta=2.0, warmup_steps=10).beta_at(step) == pytest.approx(expected_beta)
+    assert ELBO(beta=2.0, warmup_steps=10).beta_at(step) == pytest.approx(expected_beta)
 
 
 @pytest.mark.parametrize("step", [0, 7])
 def test_beta_without_warmup_is_constant(step):
-    assert Objective(beta=0.3).beta_at(step) == 0.3
+    assert ELBO(beta=0.3).beta_at(step) == 0.3
 
 
 def independent_reconstruction(likelihood: str, images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -129,12 +129,12 @@ def independent_reconstruction(likelihood: str, images: torch.Tensor, logits: to
     return -Bernoulli(logits=logits).log_prob(images).sum(dim=(1, 2, 3))
 
 
-@pytest.mark.parametrize("likelihood", Objective.LIKELIHOODS)
+@pytest.mark.parametrize("likelihood", ELBO.LIKELIHOODS)
 def test_objective_is_reconstruction_plus_beta_kl(likelihood, images_and_logits):
     images, logits = images_and_logits
     images = images.round() if likelihood == "bernoulli" else images
     mu, logvar = torch.randn(5, 4), torch.randn(5, 4)
-    terms = Objective(likelihood=likelihood, var=0.5)(images, logits, gaussian_kl(mu, logvar), beta=0.7)
+    terms = ELBO(likelihood=likelihood, var=0.5).terms(images, logits, gaussian_kl(mu, logvar), beta=0.7)
     recon = independent_reconstruction(likelihood, images, logits).mean()
     kl = reference_kl(mu, logvar).mean()
     torch.testing.assert_close(terms["recon"], recon)
@@ -144,4 +144,4 @@ def test_objective_is_reconstruction_plus_beta_kl(likelihood, images_and_logits)
 
 def test_unknown_likelihood_is_rejected():
     with pytest.raises(ValueError, match="laplace"):
-        Objective(likelihood="laplace")
+        ELBO(likelihood="laplace")

@@ -24,8 +24,9 @@ import cvae_exp.likelihood as likelihood
 from cvae_exp.distributions import diagonal_mixture_log_prob, gaussian_kl, gaussian_kl_between, gaussian_log_prob
 from cvae_exp.likelihood import importance_sampled_nll
 from cvae_exp.models.conditioning import Conditioning
+from cvae_exp.models.cvae import DiagonalGaussian
 from cvae_exp.models.priors import ConditionalPrior, MixturePrior, NoLatent, StandardPrior
-from cvae_exp.objective import Objective
+from cvae_exp.objective import ELBO
 from cvae_exp.tasks import HIDDEN, InpaintTask, QuadrantTask, SuperresTask
 
 CONFIGS = Path(__file__).parents[1] / "configs"
@@ -334,7 +335,7 @@ def no_latent_cvae(task):
     )
 
 
-@pytest.mark.parametrize("likelihood_name", Objective.LIKELIHOODS)
+@pytest.mark.parametrize("likelihood_name", ELBO.LIKELIHOODS)
 def test_no_latent_cvae_has_no_encoder_zero_kl_and_an_exact_likelihood(likelihood_name):
     """prior=none: no encoder, z = 0, kl = 0, and importance_sampled_nll (any K) returns the
     exact -log p(x | c) over the target pixels (torch.distributions), the same for nll and
@@ -351,7 +352,7 @@ def test_no_latent_cvae_has_no_encoder_zero_kl_and_an_exact_likelihood(likelihoo
         assert torch.equal(output.kl, torch.zeros(4)) and torch.equal(output.z, torch.zeros(4, cvae.latent_dim))
         logits = cvae.decoder(torch.zeros(4, cvae.latent_dim), condition)
         assert torch.equal(output.logits, logits)
-    objective = Objective(likelihood_name, var=0.5)
+    objective = ELBO(likelihood_name, var=0.5)
     if likelihood_name == "gaussian":
         per_pixel = Normal(torch.sigmoid(logits), math.sqrt(0.5)).log_prob(x)
     else:
@@ -490,12 +491,12 @@ def numpy_reconstruction(likelihood_name: str, x, logits, mask, var: float = 0.5
 
 
 @pytest.mark.parametrize("use_mask", [True, False], ids=["mask", "all-pixels"])
-@pytest.mark.parametrize("likelihood_name", Objective.LIKELIHOODS)
+@pytest.mark.parametrize("likelihood_name", ELBO.LIKELIHOODS)
 def test_masked_reconstruction_matches_numpy(masked_batch, likelihood_name, use_mask):
     """reconstruction sums the numpy per-pixel loss over the target pixels only (all without a mask)."""
     x, logits, mask = masked_batch
     mask = mask if use_mask else None
-    got = Objective(likelihood_name, var=0.5).reconstruction(x, logits, mask)
+    got = ELBO(likelihood_name, var=0.5).reconstruction(x, logits, mask)
     np.testing.assert_allclose(
         got.double().numpy(), numpy_reconstruction(likelihood_name, x, logits, mask), rtol=1e-5, atol=1e-5
     )
@@ -510,7 +511,7 @@ def test_masked_gaussian_log_likelihood_matches_torch_distributions(masked_batch
     per_pixel = Normal(torch.sigmoid(logits), math.sqrt(var)).log_prob(x)
     expected = (per_pixel * mask if use_mask else per_pixel).sum(dim=(1, 2, 3))
     torch.testing.assert_close(
-        Objective("gaussian", var=var).log_likelihood(x, logits, mask if use_mask else None), expected
+        ELBO("gaussian", var=var).log_likelihood(x, logits, mask if use_mask else None), expected
     )
 
 
@@ -521,16 +522,16 @@ def test_masked_bernoulli_log_likelihood_matches_torch_distributions(masked_batc
     x = x.round()
     per_pixel = Bernoulli(logits=logits).log_prob(x)
     expected = (per_pixel * mask if use_mask else per_pixel).sum(dim=(1, 2, 3))
-    torch.testing.assert_close(Objective("bernoulli").log_likelihood(x, logits, mask if use_mask else None), expected)
+    torch.testing.assert_close(ELBO("bernoulli").log_likelihood(x, logits, mask if use_mask else None), expected)
 
 
 def test_masked_objective_is_masked_reconstruction_plus_beta_kl(masked_batch):
     """__call__ with a mask: loss = mean masked reconstruction (numpy) + beta * mean KL."""
     x, logits, mask = masked_batch
     kl = torch.tensor([0.5, 1.0, 2.0, 4.0])
-    terms = Objective("gaussian", var=0.5)(x, logits, kl, beta=0.3, mask=mask)
+    terms = ELBO("gaussian", var=0.5).terms(x, logits, kl, beta=0.3, mask=mask)
     recon = numpy_reconstruction("gaussian", x, logits, mask).mean()
-    assert tuple(terms) == Objective.TERMS
+    assert tuple(terms) == ("loss", "recon", "kl")
     assert terms["recon"].item() == pytest.approx(recon, rel=1e-5)
     assert terms["kl"].item() == pytest.approx(1.875)
     assert terms["loss"].item() == pytest.approx(recon + 0.3 * 1.875, rel=1e-5)
@@ -542,7 +543,8 @@ PIXELS, LATENTS, NOISE = 5, 2, 0.5  # x | z ~ N(W z + b, NOISE^2 I_PIXELS), z ~ 
 
 
 class LinearGaussian:
-    """The attributes log_weights uses: z ~ N(0, I), x | z ~ N(W z + b, s^2 I), and a diagonal
+    """The model protocol that log_weights uses (encode, decode_logits, log_prior, has_latent):
+    z ~ N(0, I), x | z ~ N(W z + b, s^2 I), and a diagonal
     q(z | x) = the exact posterior, shifted by `shift` posterior standard deviations, its
     variance times `inflate`. W has orthogonal columns, so the exact posterior is diagonal."""
 
@@ -553,8 +555,8 @@ class LinearGaussian:
         self.b = torch.randn(PIXELS, generator=generator, dtype=torch.float64)
         self.W32, self.b32 = self.W.float(), self.b.float()
         self.shift, self.inflate = shift, inflate
-        self.encoder = object()
-        self.prior = StandardPrior(LATENTS, Conditioning(1))
+        self.has_latent = True
+        self.log_prior = StandardPrior(LATENTS, Conditioning(1)).log_prob
 
     def exact_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         covariance = torch.linalg.inv(torch.eye(LATENTS, dtype=torch.float64) + self.W.T @ self.W / NOISE**2)
@@ -562,12 +564,12 @@ class LinearGaussian:
         mean = (x.double() - self.b) @ self.W @ covariance.T / NOISE**2
         return mean, covariance.diagonal().expand_as(mean)
 
-    def posterior(self, x, condition):
+    def encode(self, x, condition):
         mean, variance = self.exact_posterior(x)
         mean = mean + self.shift * variance.sqrt()
-        return mean.float(), (variance * self.inflate).log().float()
+        return DiagonalGaussian(mean.float(), (variance * self.inflate).log().float())
 
-    def decoder(self, z, condition):
+    def decode_logits(self, z, condition):
         return z @ self.W32.T + self.b32
 
     def marginal(self) -> MultivariateNormal:

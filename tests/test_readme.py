@@ -1,19 +1,26 @@
-"""README.md, executable: every command of its ```bash blocks, run as written, in order.
+"""The documentation, executable: every command of the ```bash blocks of README.md and of
+every page under docs/, run as written, in order.
 
 The commands run with `bash -c` in a fresh copy of the checkout (`<tmp>/main`, the files
 git tracks or would track), beside a `<tmp>/shared` link to the real shared folder, so
-that `../shared/data/MNIST/raw/` resolves as it does for a user. Each must exit 0.
+that `../shared/data/MNIST/raw/` resolves as it does on the reference machine. Each must
+exit 0.
 
 What the test changes, and only that:
 - training commands get a few overrides appended so that they finish in seconds
   (`shorten`, see the constants below); the command as run is in every failure message;
-- placeholders (`<...>`, `/path/to/datasets`) become real paths (PLACEHOLDERS);
+- placeholders (`<...>`, `/path/to/datasets`, `/path/to/MNIST/raw`) become real paths
+  (PLACEHOLDERS);
 - `tensorboard` gets a free port and counts as run once it serves (TENSORBOARD_FLAGS);
 - the commands in SKIPPED cannot run here and are skipped with their reason; the ones
   that need the real MNIST files are skipped, saying so, where those files are absent.
-The cases depend on each other (sampling needs a run, cvae-table a sweep): pytest runs
-them in README order, all in one module-scoped workspace. Slow (about 15 minutes on
-2 cores): `pytest -m slow tests/test_readme.py`.
+The cases depend on each other (sampling needs a run, cvae-table a sweep, the MNIST
+commands the copy docs/usage.md makes): pytest runs them page by page in PAGES order
+(README.md, docs/usage.md, then the other pages by path), each page's in its order, all
+in one module-scoped workspace. A test id names the page and the command. Slow (about 15
+minutes on 2 cores): `pytest -m slow tests/test_readme.py`; one page:
+`-k docs/usage.md`. The checks that read the pages without running anything (the set-up
+block against .ci/run, the docs map, the links) are in the default suite.
 """
 
 import os
@@ -28,10 +35,16 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
-
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+DOCS = REPO / "docs"
+# Pages that run first, in this order: the README, then usage.md, whose commands copy MNIST
+# into data/ and make the runs that later pages' placeholders stand for. The other pages
+# under docs/ follow in path order.
+FIRST_PAGES = ("README.md", "docs/usage.md")
+# Pages whose examples write files first and run in a directory of their own: tests/test_docs.py
+# runs them.
+OWN_WORKSPACE = {"docs/extending.md", "docs/api.md"}
 CI_SCRIPT = REPO / ".ci" / "run"
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SHARED_MNIST = SHARED / "data" / "MNIST" / "raw"
@@ -44,11 +57,15 @@ OUTPUT_TAIL = 3000
 SKIPPED = {
     r"pip install": "installs the package (network, installer); CI runs it (.ci/run)",
     r"^pytest(\s|$)": "runs the test suite, of which this test is part",
+    r"\.ci/run": "runs CI: the install and the whole test suite, of which this test is part",
+    r"^ruff\s": "lints or formats the checkout; CI runs `ruff check .` and `ruff format --check .` on it",
+    r"^pre-commit\s": "installs git hooks; the copy this test runs in is not a git repository",
     r"hydra/launcher=slurm": "needs a SLURM cluster; tests/test_sweeps.py composes that launcher config",
 }
 
-# A command that mentions any of these needs the real MNIST files (README copies them
-# from ../shared/data/MNIST/raw/; the scripts/reproduce_*.sh run MNIST experiments).
+# A command that mentions any of these needs the real MNIST files (docs/usage.md copies
+# them from /path/to/MNIST/raw, here ../shared/data/MNIST/raw/; the scripts/reproduce_*.sh
+# run MNIST experiments).
 NEEDS_MNIST = (
     "MNIST",
     "data=mnist",
@@ -59,7 +76,7 @@ NEEDS_MNIST = (
     "/path/to/datasets",
 )
 
-# Placeholders of README's commands -> what they stand for here (resolved when the
+# Placeholders of the documented commands -> what they stand for here (resolved when the
 # command runs, from what the commands before it wrote). Longest first when substituting.
 PLACEHOLDERS = {
     "outputs/runs/<date_time>": "newest_run",
@@ -69,11 +86,13 @@ PLACEHOLDERS = {
     "outputs/multiruns/<date_time>": "newest_multirun",
     "<sweep dir>": "newest_multirun",
     "/path/to/datasets": "data_root",
+    "/path/to/MNIST/raw": "mnist_files",
 }
 PLACEHOLDER_MEANING = {
     "newest_run": "the newest <tmp>/main/outputs/runs/* that holds a metrics.json",
     "newest_multirun": "the newest <tmp>/main/outputs/multiruns/*",
-    "data_root": "<tmp>/main/data, where README's `mkdir -p data/MNIST/raw && cp ...` put MNIST",
+    "data_root": "<tmp>/main/data, where docs/usage.md's `mkdir -p data/MNIST/raw && cp ...` put MNIST",
+    "mnist_files": "the four original MNIST files, ../shared/data/MNIST/raw/ beside the checkout",
 }
 
 # Appended to the cvae-train part of a command (and to scripts/reproduce_*.sh, which
@@ -93,7 +112,7 @@ BASH_FENCE = re.compile(r"^```(bash|sh|shell)\s*$")
 UNMAPPED_PLACEHOLDER = re.compile(r"<[A-Za-z][^<>\n]*>")
 
 
-# --- README's commands ----------------------------------------------------------------
+# --- The pages and their commands ----------------------------------------------------------
 
 
 def bash_blocks(text: str) -> list[tuple[str, list[str]]]:
@@ -136,8 +155,64 @@ def _join_continuations(lines: list[str]) -> list[str]:
     return commands
 
 
-def readme_commands() -> list[str]:
-    return [command for _, commands in bash_blocks(README.read_text()) for command in commands]
+def pages() -> list[str]:
+    """README.md and every page under docs/, as paths from the checkout, in the order they run."""
+    found = sorted(path.relative_to(REPO).as_posix() for path in DOCS.rglob("*.md"))
+    return [page for page in FIRST_PAGES if (REPO / page).is_file()] + [
+        page for page in found if page not in FIRST_PAGES
+    ]
+
+
+def page_commands() -> list[tuple[str, str]]:
+    """(page, command) for every command of every page's ```bash blocks, in running order."""
+    return [
+        (page, command)
+        for page in pages()
+        if page not in OWN_WORKSPACE
+        for _, commands in bash_blocks((REPO / page).read_text())
+        for command in commands
+    ]
+
+
+def command_id(page: str, command: str) -> str:
+    return f"{page}: {' '.join(command.split())[:80]}"
+
+
+# --- Links ----------------------------------------------------------------------------------
+
+LINK = re.compile(r"\[[^\]]*\]\(([^()\s]+)\)")
+CODE_SPAN = re.compile(r"`[^`\n]+`")
+
+
+def prose(text: str) -> list[str]:
+    """The lines of a Markdown page outside fenced blocks."""
+    lines, fenced = [], False
+    for line in text.splitlines():
+        if line.strip().startswith("```"):
+            fenced = not fenced
+        elif not fenced:
+            lines.append(line)
+    return lines
+
+
+def anchors(text: str) -> set[str]:
+    """The anchors GitHub makes of a page's headings: lower case, punctuation dropped,
+    spaces as hyphens, a repeated one numbered (-1, -2, ...)."""
+    seen: dict[str, int] = {}
+    for line in prose(text):
+        heading = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if heading:
+            slug = re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower()).replace(" ", "-")
+            seen[slug] = seen.get(slug, -1) + 1
+            if seen[slug]:
+                seen[f"{slug}-{seen[slug]}"] = 0
+    return set(seen)
+
+
+def links(page: str) -> list[str]:
+    """The relative link and image targets of a page (outside code), `path#anchor` as written."""
+    text = "\n".join(CODE_SPAN.sub("code", line) for line in prose((REPO / page).read_text()))
+    return [target for target in LINK.findall(text) if not re.match(r"[a-z][a-z0-9+.-]*:", target)]
 
 
 # --- Rewriting a command for this test ---------------------------------------------------
@@ -243,7 +318,7 @@ def skip_reason(command: str) -> str | None:
 
 def _newest(directories: list[Path], what: str) -> Path:
     if not directories:
-        pytest.fail(f"no {what} to put in for the placeholder: did an earlier README command fail?")
+        pytest.fail(f"no {what} to put in for the placeholder: did an earlier documented command fail?")
     return max(directories, key=lambda path: (path.name, path.stat().st_mtime))
 
 
@@ -258,6 +333,8 @@ def resolve(kind: str, main: Path) -> Path:
         )
     if kind == "data_root":
         return main / "data"
+    if kind == "mnist_files":
+        return main.parent / "shared" / "data" / "MNIST" / "raw"
     raise AssertionError(f"unknown placeholder kind {kind!r}")
 
 
@@ -267,7 +344,8 @@ def fill_placeholders(command: str, main: Path) -> str:
             command = command.replace(placeholder, shlex.quote(str(resolve(PLACEHOLDERS[placeholder], main))))
     left = UNMAPPED_PLACEHOLDER.search(split_comment(command)[0])
     assert left is None, (
-        f"README command has a placeholder this test does not know, {left.group()!r}: add it to PLACEHOLDERS\n  {command}"
+        f"documented command has a placeholder this test does not know, {left.group()!r}: add it to PLACEHOLDERS\n "
+        f" {command}"
     )
     return command
 
@@ -377,17 +455,20 @@ def workspace(tmp_path_factory) -> Path:
     return main
 
 
-README_COMMANDS = readme_commands()
+PAGE_COMMANDS = page_commands()
 
 
-def test_readme_has_commands():
-    assert len(README_COMMANDS) >= 10, f"found only {README_COMMANDS} in README.md's ```bash blocks"
+def test_pages_have_commands():
+    readme = [command for page, command in PAGE_COMMANDS if page == "README.md"]
+    assert len(readme) >= 5, f"found only {readme} in README.md's ```bash blocks"
+    assert len(PAGE_COMMANDS) >= 30, f"found only {len(PAGE_COMMANDS)} commands in README.md and docs/"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
-    "command", README_COMMANDS, ids=[" ".join(command.split())[:60] for command in README_COMMANDS]
+    "page, command", [pytest.param(page, command, id=command_id(page, command)) for page, command in PAGE_COMMANDS]
 )
-def test_readme_command(command, workspace):
+def test_documented_command(page, command, workspace):
     reason = skip_reason(command)
     if reason:
         pytest.skip(reason)
@@ -397,24 +478,60 @@ def test_readme_command(command, workspace):
     else:
         status, output = run_command(as_run, workspace)
     assert status == 0, (
-        f"README command failed ({status}):\n  as written: {command}\n  as run (cwd {workspace}): {as_run}\n"
+        f"{page} command failed ({status}):\n  as written: {command}\n  as run (cwd {workspace}): {as_run}\n"
         f"--- last {OUTPUT_TAIL} characters of stdout+stderr ---\n{output[-OUTPUT_TAIL:]}"
     )
 
 
+def ci_commands() -> list[str]:
+    """The commands .ci/run always runs, in order: its lines less comments, `set` and `cd`,
+    and the bodies of its `if`/`for`/`while`/`case` blocks (what it runs only on some
+    machines, such as system packages for one test, is not part of a user's set-up)."""
+    commands, depth = [], 0
+    for line in (line.strip() for line in CI_SCRIPT.read_text().splitlines()):
+        opens = re.match(r"(if|for|while|until|case)\s", line)
+        closes = re.match(r"(fi|done|esac)\b", line) or re.search(r";\s*(fi|done|esac)$", line)
+        if opens and not closes:
+            depth += 1
+        elif closes and not opens:
+            depth -= 1
+        elif depth == 0 and line and not opens and not line.startswith(("#", "set ", "cd ")):
+            commands.append(line)
+    return commands
+
+
 def test_setup_block_is_what_ci_runs():
-    """README's set-up block is `pip install -e ".[dev]"` and `pytest`, and .ci/run runs
-    those very commands, in that order (it may run more after them), stopping at a failure."""
+    """README's set-up block is the commands .ci/run always runs, the same ones in the same
+    order, starting with the install, and .ci/run stops at the first that fails."""
     setup = [
         commands for heading, commands in bash_blocks(README.read_text()) if heading.lower().replace("-", "") == "setup"
     ]
-    assert setup == [['pip install -e ".[dev]"', "pytest"]], f"README's set-up block(s): {setup}"
+    assert len(setup) == 1 and setup[0][:1] == ['pip install -e ".[dev]"'], f"README's set-up block(s): {setup}"
     lines = [line.strip() for line in CI_SCRIPT.read_text().splitlines()]
     assert any(re.match(r"set -\w*e", line) for line in lines), (
         ".ci/run must stop at the first failing command (set -e)"
     )
-    ci_commands = [line for line in lines if line and not line.startswith(("#", "set ", "cd "))]
-    remaining = iter(ci_commands)
-    assert all(command in remaining for command in setup[0]), (
-        f".ci/run runs {ci_commands}, README's set-up block {setup[0]}"
-    )
+    assert setup[0] == ci_commands(), f".ci/run runs {ci_commands()}, README's set-up block {setup[0]}"
+
+
+def test_readme_maps_every_page():
+    """The README's documentation map links every page under docs/."""
+    linked = {os.path.normpath(target.split("#")[0]) for target in links("README.md")}
+    unlinked = [page for page in pages() if page != "README.md" and page not in linked]
+    assert not unlinked, f"README.md does not link {unlinked}"
+
+
+@pytest.mark.parametrize("page", pages())
+def test_links_resolve(page):
+    """Every relative link and image of a page names a file that exists, and a heading of
+    it where the link has an anchor."""
+    broken = []
+    for target in links(page):
+        path, _, anchor = target.partition("#")
+        file = (REPO / page).parent / path if path else REPO / page
+        name = os.path.relpath(file, REPO)
+        if not file.exists():
+            broken.append(f"{target} (no {name})")
+        elif anchor and file.suffix == ".md" and anchor not in anchors(file.read_text()):
+            broken.append(f"{target} (no heading #{anchor} in {name})")
+    assert not broken, f"{page} links to what is not there: {broken}"

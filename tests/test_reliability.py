@@ -21,7 +21,7 @@ from cvae_exp import eval as evaluate
 from cvae_exp import sample, table, train
 from cvae_exp.errors import TrainingDiverged
 from cvae_exp.files import write_json
-from cvae_exp.module import CVAEModule
+from cvae_exp.run import build_module
 from tests.helpers import run_cli
 
 FAST = [
@@ -347,7 +347,7 @@ class PoisonWeights(Callback):
 
 def test_divergence_stops_with_the_step_and_keeps_the_last_finite_checkpoint(compose_train, tmp_path):
     cfg = compose_train(FAST)
-    module = CVAEModule.from_config(cfg)
+    module = build_module(cfg)
     checkpoint = ModelCheckpoint(dirpath=tmp_path, monitor="val/loss", save_last=True)
     trainer = L.Trainer(
         max_epochs=5,

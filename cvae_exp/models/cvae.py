@@ -1,4 +1,14 @@
-"""The CVAE: encoder q(z|x,c), decoder p(x|z,c) and prior p(z|c) (cvae_exp/models/priors.py)."""
+"""The CVAE: encoder q(z|x,c), decoder p(x|z,c) and prior p(z|c) (cvae_exp/models/priors.py).
+
+Its methods are the model protocol that the objective, the evaluation, the samplers, the
+grids and cvae-sample use (docs/extending.md): `forward(x, c)` -> CVAEOutput (what the
+objective needs: decoder logits and the KL term), `encode(x, c)` -> the posterior
+q(z | x, c) (`.mean`, `.rsample(k)`, `.log_prob(z)`), `decode(z, c)` -> pixel means,
+`decode_logits(z, c)`, `log_prior(z, c)`, `sample(c, n)` and `reconstruct(x, c)`; the
+attributes `latent_dim`, `image_shape`, `num_classes`, `has_latent`, `labels_condition`
+and `is_conditional` say what the model is, so that a consumer that needs a Gaussian
+latent or class labels can refuse with one line.
+"""
 
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -6,8 +16,34 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from cvae_exp.distributions import gaussian_log_prob
 from cvae_exp.models.conditioning import Conditioning
 from cvae_exp.models.priors import StandardPrior
+
+
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """z = mu + eps * sigma with eps ~ N(0, I): a sample that carries gradients to mu and logvar."""
+    return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+
+
+@dataclass
+class DiagonalGaussian:
+    """q(z | x, c) = N(mean, diag exp(logvar)), one row per image."""
+
+    mean: torch.Tensor  # (N, latent_dim)
+    logvar: torch.Tensor  # (N, latent_dim), log sigma^2
+
+    def rsample(self, samples: int | None = None) -> torch.Tensor:
+        """A reparameterised draw, (N, D); with `samples` = k, k draws stacked first, (k, N, D)."""
+        if samples is None:
+            return reparameterize(self.mean, self.logvar)
+        return reparameterize(
+            self.mean.expand(samples, *self.mean.shape), self.logvar.expand(samples, *self.logvar.shape)
+        )
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log q(z | x, c), summed over the latent dimensions (z may have leading sample dimensions)."""
+        return gaussian_log_prob(z, self.mean, self.logvar)
 
 
 @dataclass
@@ -20,11 +56,6 @@ class CVAEOutput:
     logvar: torch.Tensor  # (N, latent_dim), log sigma^2
     z: torch.Tensor  # (N, latent_dim), the reparameterised sample
     kl: torch.Tensor  # (N,), KL(q(z|x,c) || p(z|c)), closed form or one-sample estimate
-
-
-def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """z = mu + eps * sigma with eps ~ N(0, I): a sample that carries gradients to mu and logvar."""
-    return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
 
 
 class CVAE(nn.Module):
@@ -68,27 +99,42 @@ class CVAE(nn.Module):
     def labels_condition(self) -> bool:
         return self.condition_shape is None
 
-    def posterior(self, x: torch.Tensor, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mu, logvar) of q(z | x, c); zeros without a latent variable."""
+    @property
+    def has_latent(self) -> bool:
+        """False for the deterministic baseline (prior=none): z is zero and there is no encoder."""
+        return self.encoder is not None
+
+    def encode(self, x: torch.Tensor, condition: torch.Tensor) -> DiagonalGaussian:
+        """q(z | x, c); a point mass at zero without a latent variable."""
         if self.encoder is None:
             zeros = torch.zeros(len(x), self.latent_dim, device=x.device)
-            return zeros, zeros
-        return self.encoder(x, condition)
+            return DiagonalGaussian(zeros, zeros)
+        return DiagonalGaussian(*self.encoder(x, condition))
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor) -> CVAEOutput:
-        mu, logvar = self.posterior(x, condition)
-        z = reparameterize(mu, logvar) if self.encoder is not None else mu
+        posterior = self.encode(x, condition)
+        mu, logvar = posterior.mean, posterior.logvar
+        z = posterior.rsample() if self.encoder is not None else mu
         return CVAEOutput(self.decoder(z, condition), mu, logvar, z, self.prior.kl(mu, logvar, z, condition))
+
+    def decode_logits(self, z: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """The decoder's logits: pixel means are their sigmoid, and the objective's likelihood reads them."""
+        return self.decoder(z, condition)
 
     def decode(self, z: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         """Pixel means in [0, 1]."""
-        return torch.sigmoid(self.decoder(z, condition))
+        return torch.sigmoid(self.decode_logits(z, condition))
+
+    def log_prior(self, z: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """log p(z | c) (z may carry leading sample dimensions before the batch's rows)."""
+        return self.prior.log_prob(z, condition)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, condition: torch.Tensor, use_mean: bool = False) -> torch.Tensor:
         """Pixel means of the decoded posterior sample (or of its mean with `use_mean`)."""
-        mu, logvar = self.posterior(x, condition)
-        return self.decode(mu if use_mean or self.encoder is None else reparameterize(mu, logvar), condition)
+        posterior = self.encode(x, condition)
+        use_mean = use_mean or self.encoder is None
+        return self.decode(posterior.mean if use_mean else posterior.rsample(), condition)
 
     @torch.no_grad()
     def sample(self, condition: torch.Tensor, n: int = 1, sampler: nn.Module | None = None) -> torch.Tensor:

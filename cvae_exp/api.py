@@ -1,0 +1,138 @@
+"""The Python API, for notebooks and scripts: what the console scripts do, as functions.
+
+    from cvae_exp import api
+
+    run = api.train(["data=digits", "trainer.max_epochs=2"])  # as `cvae-train data=digits ...`
+    images = run.sample([3, 3, 7], n=4)  # 12 images, (12, 1, 28, 28), pixel means in [0, 1]
+    run = api.load_run("outputs/runs/<time>")  # a run cvae-train made
+
+docs/api.md shows each function; the run directory and metrics.json are those of cvae-train.
+"""
+
+import json
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from cvae_exp.checks import validate
+from cvae_exp.compose import compose_train, config_source
+from cvae_exp.errors import UserInputError
+
+
+def compose(overrides: Sequence[str] = (), config_dir: str | None = None, config_name: str | None = None) -> DictConfig:
+    """The validated config that `cvae-train [-cd config_dir] [-cn config_name] <overrides>`
+    runs, with its run directory (hydra.run.dir) as paths.output_dir. Bad input raises
+    UserInputError with the console script's message."""
+    source = config_source(config_dir=config_dir, config_name=config_name)
+    return validate(compose_train(list(overrides), output_dir=None, source=source))
+
+
+def train(overrides: Sequence[str] = (), config_dir: str | None = None, config_name: str | None = None) -> "Run":
+    """Train one run as `cvae-train <overrides>` does, in its own run directory (with the
+    .hydra/ files Hydra writes, so that resume= and cvae-table read it), and return it.
+    A failed run raises, with metrics.json saying why."""
+    from cvae_exp.train import execute
+
+    cfg = compose(overrides, config_dir, config_name)
+    hydra = HydraConfig.get()
+    run_dir = Path(hydra.runtime.output_dir)
+    if (run_dir / ".hydra").exists():
+        raise UserInputError(
+            f"The run directory {str(run_dir)!r} holds another run; pass hydra.run.dir=<a new directory> "
+            "or leave it to the default (one per second)."
+        )
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": hydra}), run_dir / ".hydra" / "hydra.yaml")
+    OmegaConf.save(OmegaConf.create(list(overrides)), run_dir / ".hydra" / "overrides.yaml")
+    execute(cfg)
+    return Run(run_dir)
+
+
+def load_run(path: str | Path) -> "Run":
+    """A run directory (or a checkpoint file) that cvae-train or `train` wrote."""
+    return Run(Path(path))
+
+
+class Run:
+    """A trained run: its metrics, and its model (the best checkpoint, else last.ckpt, loaded
+    on first use, on the CPU, in evaluation mode). Images are float tensors (N, C, H, W) in
+    [0, 1], labels int64 class numbers."""
+
+    def __init__(self, path: Path):
+        from cvae_exp.eval import find_checkpoint
+
+        self.checkpoint = find_checkpoint(path)
+        self.path = path if path.is_dir() else self.checkpoint.parent.parent
+
+    @property
+    def metrics(self) -> dict:
+        """What metrics.json holds (status, test and val metrics, hparams)."""
+        return json.loads((self.path / "metrics.json").read_text())
+
+    @cached_property
+    def module(self):
+        """The LightningModule (cvae_exp/module.py); `.cvae` is the model, `.task` its task."""
+        from cvae_exp.eval import load_module
+
+        return load_module(self.checkpoint).eval()
+
+    @property
+    def model(self):
+        return self.module.cvae
+
+    def test_images(self, count: int | None = None):
+        """The first `count` test images of the run's dataset (all of them with None) and their labels."""
+        datamodule = self._datamodule()
+        images, labels = datamodule.splits["test"]
+        return images[:count].float() / 255, labels[:count]
+
+    def sample(self, labels: Sequence[int], n: int = 1, seed: int | None = None):
+        """`n` images for each class in `labels` (label-major), from z ~ p(z | label)."""
+        import torch
+
+        if not self.model.labels_condition:
+            raise UserInputError(
+                f"This run's task ({type(self.module.task).__name__}) conditions on images: sample draws from class "
+                "labels; use reconstruct(images, labels), which completes images from their condition."
+            )
+        if seed is not None:
+            torch.manual_seed(seed)
+        return self.model.sample(torch.as_tensor(labels), n)
+
+    def encode(self, images, labels):
+        """q(z | x, c): `.mean` and `.logvar`, (N, latent_dim), `.rsample()`, `.log_prob(z)`."""
+        import torch
+
+        with torch.no_grad():
+            condition, _ = self.module.task(images, torch.as_tensor(labels))
+            return self.model.encode(images, condition)
+
+    def reconstruct(self, images, labels, use_mean: bool = True):
+        """Pixel means decoded from the posterior mean (or a posterior sample), one per image;
+        for an image-conditioned task, the prediction with the observed pixels kept."""
+        import torch
+
+        condition, _ = self.module.task(images, torch.as_tensor(labels))
+        prediction = self.model.reconstruct(images, condition, use_mean=use_mean)
+        return prediction if self.model.labels_condition else self.module.task.complete(condition, prediction)
+
+    def nll(self, images, labels, samples: int = 1000):
+        """(-log p(x | c), the negative ELBO) per image in nats, over the task's target pixels,
+        from `samples` importance samples (cvae_exp/likelihood.py)."""
+        import torch
+
+        from cvae_exp.likelihood import importance_sampled_nll
+
+        condition, mask = self.module.task(images, torch.as_tensor(labels))
+        return importance_sampled_nll(self.model, self.module.objective, images, condition, mask, samples)
+
+    def _datamodule(self):
+        from hydra.utils import instantiate
+
+        datamodule = instantiate(self.module.hparams.data)
+        datamodule.setup("test")
+        return datamodule
