@@ -20,12 +20,10 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from cvae_exp.loggers import TRAINER_GROUP, SweepTensorBoardLogger, hparams_records
 from cvae_exp.summary import (
     NAME_LIMIT,
     SUMMARY_NAMES,
-    TRAINER_GROUP,
-    SweepTensorBoardLogger,
-    hparams_records,
     run_name,
     run_summary,
     sweep_overrides,
