@@ -86,9 +86,10 @@ class Run:
 
     def test_images(self, count: int | None = None):
         """The first `count` test images of the run's dataset (all of them with None) and their labels."""
-        datamodule = self._datamodule()
-        images, labels = datamodule.splits["test"]
-        return images[:count].float() / 255, labels[:count]
+        from hydra.utils import instantiate
+
+        images, labels = instantiate(self.module.hparams.data).images("test", count)
+        return images.float() / 255, labels
 
     def sample(self, labels: Sequence[int], n: int = 1, seed: int | None = None):
         """`n` images for each class in `labels` (label-major), from z ~ p(z | label)."""
@@ -129,10 +130,3 @@ class Run:
 
         condition, mask = self.module.task(images, torch.as_tensor(labels))
         return importance_sampled_nll(self.model, self.module.objective, images, condition, mask, samples)
-
-    def _datamodule(self):
-        from hydra.utils import instantiate
-
-        datamodule = instantiate(self.module.hparams.data)
-        datamodule.setup("test")
-        return datamodule

@@ -108,7 +108,7 @@ class ImageLogger(Callback):
             return
         self.logged_step = trainer.global_step
         cvae = pl_module.cvae
-        images, labels = trainer.datamodule.splits["val"]
+        images, labels = trainer.datamodule.images("val")
         images, labels = images.to(pl_module.device).float() / 255, labels.to(pl_module.device)
         with torch.random.fork_rng(devices=[pl_module.device] if pl_module.device.type == "cuda" else []):
             if not cvae.labels_condition:  # an image-conditioned task

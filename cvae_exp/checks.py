@@ -83,13 +83,16 @@ def validate(cfg: DictConfig, devices_here: bool = True) -> DictConfig:
     from cvae_exp.samplers import require_applicable
 
     require_applicable(model, typed.eval.sampler)
-    if not model.labels_condition:
+    from cvae_exp.evaluation import grader_skipped
+
+    no_ssim = grader_skipped(model) or (None if typed.eval.val_ssim_images else "eval.val_ssim_images=0")
+    if no_ssim:
         for key, metric in [("optimized_metric", typed.optimized_metric), *_callback_monitors(typed.callbacks or {})]:
             _require(
                 metric != "val/ssim",
                 key,
                 metric,
-                "val/ssim is the label task's metric; an image-conditioned task logs val/loss, val/recon, "
+                f"this run logs no val/ssim ({no_ssim}); it logs val/loss, val/recon, "
                 "val/kl and val/mse (over its target pixels)",
             )
     _check_objective(typed.loss)
@@ -147,10 +150,10 @@ def check_values(cfg: DictConfig) -> DictConfig:
     )
     check_sampler(typed.eval)
     _require(
-        typed.eval.val_ssim_images >= 1,
+        typed.eval.val_ssim_images >= 0,
         "eval.val_ssim_images",
         typed.eval.val_ssim_images,
-        "must be an integer >= 1 (validation images graded by SSIM each epoch)",
+        "must be an integer >= 0 (validation images graded by SSIM each epoch; 0: none)",
     )
     _require(
         typed.eval.samples_per_class >= 1,

@@ -126,8 +126,7 @@ def load_or_train(datamodule, directory: str) -> tuple[Classifier, dict]:
     """The dataset's classifier cached in `directory` (eval.classifier_dir), trained and cached
     first if missing; with a record of where it is and its test accuracy. A directory that
     cannot be written keeps it in memory for this run."""
-    datamodule.setup("test")
-    test_images, test_labels = datamodule.splits["test"]
+    test_images, test_labels = datamodule.images("test")
     data = fingerprint(test_images, test_labels)  # not the name alone: binarised MNIST, another source may share it
     path = (
         Path(directory).expanduser() / f"{datamodule.name}-{data[:12]}.pt"
@@ -142,7 +141,7 @@ def load_or_train(datamodule, directory: str) -> tuple[Classifier, dict]:
             f"Training a classifier of {datamodule.name} for the classifier metrics (once: it is cached as {path}) ..."
         )
         classifier, test_accuracy = train_classifier(
-            datamodule.source(root=datamodule.root), datamodule.image_shape, datamodule.num_classes
+            datamodule.source_splits(), datamodule.image_shape, datamodule.num_classes
         )
         log.info(f"... its accuracy on the test set: {test_accuracy:.1%}")
         saved = {

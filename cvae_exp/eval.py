@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
 
         from cvae_exp.samplers import require_applicable
 
-        require_applicable(module.cvae, module.hparams.eval.get("sampler", "prior"))
+        require_applicable(module.cvae, module.hparams.eval["sampler"])
 
         data = dict(module.hparams.data, **({"root": args.data_root} if args.data_root else {}))
         out = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
@@ -148,9 +148,9 @@ def main(argv: list[str] | None = None) -> None:
         "checkpoint": os.path.relpath(checkpoint, out),  # relative, as in metrics.json
         **trained(checkpoint),
         "recon_z": module.hparams.eval["recon_z"],
-        "sampler": module.hparams.eval.get("sampler", "prior"),
+        "sampler": module.hparams.eval["sampler"],
         "classifier": module.classifier_record,
-        "nll_samples": module.hparams.eval.get("nll_samples", 0),
+        "nll_samples": module.hparams.eval["nll_samples"],
         "seed": args.seed,
         "test": {key.removeprefix("test/"): float(value) for key, value in metrics.items()},
     }

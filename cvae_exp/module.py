@@ -4,6 +4,8 @@ Lightning does device placement, precision, checkpointing and logging; this file
 what a step computes and what the test stage grades.
 """
 
+import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +16,15 @@ from torchmetrics import MeanMetric, MeanSquaredError
 
 from cvae_exp.classifier import classifier_metrics, load_or_train
 from cvae_exp.errors import TrainingDiverged
-from cvae_exp.evaluation import generate_per_class, grade, save_grader_images
+from cvae_exp.evaluation import generate_per_class, grade, grader_skipped, save_grader_images
 from cvae_exp.likelihood import importance_sampled_nll
 from cvae_exp.metrics import quantize_uint8, ssim_per_image
 from cvae_exp.models import CVAE, build_cvae
 from cvae_exp.samplers import fitted_sampler
-from cvae_exp.schema import ELBO_TARGET
+from cvae_exp.schema import ELBO_TARGET, EvalConfig
 from cvae_exp.tasks import LabelTask
+
+log = logging.getLogger(__name__)  # on the console and in train.log (configs/hydra/default.yaml)
 
 
 class CVAEModule(L.LightningModule):
@@ -41,6 +45,7 @@ class CVAEModule(L.LightningModule):
         scheduler: dict[str, Any] | None = None,
     ):
         super().__init__()
+        eval = {**asdict(EvalConfig()), **eval}  # the schema's defaults for what a config (or an older run) leaves out
         self.save_hyperparameters()
         self.task = instantiate(task) if task else LabelTask()
         self.cvae: CVAE = build_cvae(model, conditioning, prior, self.task, data)
@@ -54,8 +59,8 @@ class CVAEModule(L.LightningModule):
 
     @property
     def graded(self) -> bool:
-        """The lab's grader (SSIM, per-class FID, Score) applies where labels are the condition."""
-        return self.cvae.labels_condition
+        """Whether the lab's grader (SSIM, per-class FID, Score) applies (cvae_exp/evaluation.py)."""
+        return grader_skipped(self.cvae) is None
 
     def _split(self, batch, batch_idx: int | None = None):
         """(images, condition, target mask) of a batch. Validation and test pass their batch
@@ -128,7 +133,7 @@ class CVAEModule(L.LightningModule):
         reconstructions = self._evaluate(images, condition, mask, "val")
         self.val_mse.update(*_targets(reconstructions, images, mask))
         self.log("val/mse", self.val_mse)
-        if not self.graded:
+        if not self.graded or not self.hparams.eval["val_ssim_images"]:
             return
         first = batch_idx * self.hparams.data["batch_size"]  # batches are in order; the last one may be shorter
         graded = max(0, min(len(images), self.hparams.eval["val_ssim_images"] - first))
@@ -139,11 +144,14 @@ class CVAEModule(L.LightningModule):
         self.log("val/ssim", self.val_ssim)
 
     def on_test_start(self):
-        """Fit (or reload) eval.sampler to the weights under test: Lightning has loaded them by now."""
+        """Fit (or reload) eval.sampler to the weights under test: Lightning has loaded them by now.
+        Say so where the lab's grader does not apply."""
+        if not self.graded:
+            log.info(f"The report's grader is skipped for this run: {grader_skipped(self.cvae)}.")
         checkpoint = self.trainer.ckpt_path
         self.sampler = fitted_sampler(
             self,
-            self.hparams.eval.get("sampler", "prior"),
+            self.hparams.eval["sampler"],
             Path(checkpoint) if checkpoint else None,
             self.trainer.datamodule,
         )
@@ -166,7 +174,7 @@ class CVAEModule(L.LightningModule):
         else:
             self.test_mse.update(*_targets(self.cvae.sample(condition).float(), images, mask))
             self.log("test/mse", self.test_mse)
-        if self.hparams.eval.get("nll_samples", 0):
+        if self.hparams.eval["nll_samples"]:
             with torch.random.fork_rng(
                 devices=[self.device] if self.device.type == "cuda" else []
             ):  # the Score's draws stay as without it
@@ -198,7 +206,7 @@ class CVAEModule(L.LightningModule):
             self.cvae.latent_dim,
             self.cvae.is_conditional,
         )
-        if self.hparams.eval.get("classifier_metrics", False):
+        if self.hparams.eval["classifier_metrics"]:
             classifier, self.classifier_record = load_or_train(
                 self.trainer.datamodule, self.hparams.eval["classifier_dir"]
             )

@@ -115,8 +115,7 @@ def completions(module, labels, config: SampleConfig):
             "on images, so only mode=grid (completions of test images) applies."
         )
     data = dataset(module, config)
-    data.setup()
-    images, test_labels = data.splits["test"]
+    images, test_labels = data.images("test")
     if labels is None:
         index = list(range(8))
     else:

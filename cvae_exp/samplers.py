@@ -144,12 +144,10 @@ def build(name: str, eval_config: dict, num_classes: int, latent_dim: int) -> nn
     """An unfitted sampler of `name` with the settings of `eval_config` (EvalConfig's keys)."""
     if name == "gmm":
         return GaussianMixtureSampler(
-            num_classes, latent_dim, eval_config.get("gmm_components", 10), eval_config.get("gmm_covariance", "full")
+            num_classes, latent_dim, eval_config["gmm_components"], eval_config["gmm_covariance"]
         )
     if name == "flow":
-        return FlowSampler(
-            num_classes, latent_dim, eval_config.get("flow_layers", 6), eval_config.get("flow_steps", 3000)
-        )
+        return FlowSampler(num_classes, latent_dim, eval_config["flow_layers"], eval_config["flow_steps"])
     raise ValueError(f"eval.sampler={name!r} is not one of {SAMPLERS}")
 
 
@@ -193,8 +191,7 @@ def fitted_sampler(module, name: str, checkpoint: Path | None, datamodule) -> nn
             if saved["settings"] == sampler.settings:
                 sampler.load_state_dict(saved["state_dict"])
                 return sampler.to(module.device)
-    datamodule.setup("fit")
-    images, labels = datamodule.splits["train"]
+    images, labels = datamodule.images("train")
     sampler.fit(posterior_means(cvae, images, labels).cpu().clone(), labels.clone())  # clones: not inference tensors
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -82,7 +82,9 @@ class EvalConfig:
     classifier_metrics: bool = (
         True  # test/sample_accuracy, classifier_fid, sample_precision and sample_recall (cvae_exp/classifier.py)
     )
-    classifier_dir: str = "~/.cache/cvae_exp/classifiers"  # where the dataset classifiers are cached
+    classifier_dir: str = (
+        "${oc.env:CVAE_EXP_CACHE,'~/.cache/cvae_exp'}/classifiers"  # where the dataset classifiers are cached
+    )
     gmm_components: int = 10  # eval.sampler=gmm: Gaussians per class
     gmm_covariance: str = "full"
     flow_layers: int = 6  # eval.sampler=flow: coupling layers

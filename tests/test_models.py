@@ -195,7 +195,13 @@ def tiny_module(
         loss={"likelihood": "gaussian", "var": 0.5, "beta": 1.0, "warmup_steps": 0},
         optim={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
         data=data_args,
-        eval={"val_ssim_images": val_ssim_images, "recon_z": "sample", "samples_per_class": 3, "save_images": False},
+        eval={
+            "val_ssim_images": val_ssim_images,
+            "recon_z": "sample",
+            "samples_per_class": 3,
+            "save_images": False,
+            "classifier_metrics": False,
+        },
     )
     return module, TensorDataModule(**data_args)
 

@@ -46,7 +46,13 @@ def run_dir(tmp_path_factory) -> Path:
         data=data,
         loss={"likelihood": "gaussian", "var": 0.5, "beta": 1.0, "warmup_steps": 0},
         optim={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
-        eval={"val_ssim_images": 1000, "recon_z": "sample", "samples_per_class": 3, "save_images": False},
+        eval={
+            "val_ssim_images": 1000,
+            "recon_z": "sample",
+            "samples_per_class": 3,
+            "save_images": False,
+            "classifier_metrics": False,
+        },
     )
     trainer = L.Trainer(
         accelerator="cpu",

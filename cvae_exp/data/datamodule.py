@@ -1,4 +1,13 @@
-"""One DataModule for every dataset: load once, split, serve batches from device tensors."""
+"""One DataModule for every dataset: load once, split, serve batches from device tensors.
+
+Besides Lightning's train/val/test dataloaders, a DataModule offers what the framework's
+other consumers (the test-stage grader, the dataset classifier, the latent samplers, the
+image grids, cvae-sample and the Python API) read data through, so that none depends on
+how the images are stored: `images(split, count)` (the first `count` uint8 images of a
+split with their labels, on the CPU) and `source_splits()` (the dataset's own train and test
+sets, which the dataset classifier trains and is tested on); and the attributes `name`,
+`image_shape`, `num_classes` and `batch_size`.
+"""
 
 from collections.abc import Callable
 from pathlib import Path
@@ -59,6 +68,15 @@ class TensorDataModule(L.LightningDataModule):
             for name, (images, labels) in splits.items()
         }
         self.splits = splits
+
+    def images(self, split: str, count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `count` uint8 images of `split` (train, val or test; all with None) and their labels."""
+        self.setup()
+        images, labels = self.splits[split]
+        return images[:count], labels[:count]
+
+    def source_splits(self) -> ImageSplits:
+        return self.source(root=self.root)
 
     def _check(self, data: ImageSplits) -> None:
         """The declared shape, classes and split sizes must fit the data that was loaded."""

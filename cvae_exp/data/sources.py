@@ -9,6 +9,7 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -44,11 +45,20 @@ def load_digits(root: Path, test_size: int = 297, split_seed: int = 0) -> ImageS
 
 @functools.cache
 def load_torchvision(root: Path, dataset: str) -> ImageSplits:
-    """A torchvision dataset with `.data`/`.targets` tensors (MNIST, FashionMNIST, KMNIST),
-    downloaded into `root` when missing. Read as whole tensors: no PIL, no per-sample code."""
+    """A torchvision dataset that holds its images whole, in `.data` with `.targets`, and takes
+    `train=` (MNIST, FashionMNIST, KMNIST as (N, H, W) tensors; CIFAR10, CIFAR100 as (N, H, W, C)
+    arrays), downloaded into `root` when missing. Read as whole tensors: no PIL, no per-sample code."""
+    import inspect
+
     from torchvision import datasets
 
-    dataset_class = getattr(datasets, dataset)
+    dataset_class = getattr(datasets, dataset, None)
+    if dataset_class is None or "train" not in inspect.signature(dataset_class).parameters:
+        raise UserInputError(
+            f"data.source.dataset={dataset!r} is not a torchvision dataset with a train= split that this loader "
+            "reads whole (MNIST, FashionMNIST, KMNIST, CIFAR10, CIFAR100); for a folder of images, write a source "
+            "function (docs/extending.md)."
+        )
     root = Path(root)
     new_dirs = [path for path in (root, root / dataset, root / dataset / "raw") if not path.exists()]
     try:
@@ -58,14 +68,30 @@ def load_torchvision(root: Path, dataset: str) -> ImageSplits:
         for path in reversed(new_dirs):  # leave nothing behind a failed download
             if path.is_dir() and not any(path.iterdir()):
                 path.rmdir()
+        files = _original_files(dataset_class)
         raise UserInputError(
             f"{dataset} is not under data.root={str(root)!r} and could not be downloaded "
-            f"({error}). Either copy the four original files (train-images-idx3-ubyte.gz, "
-            f"train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) "
-            f"into {Path(root) / dataset / 'raw'}/ (the directory must be writable), point "
-            f"data.root at a directory that holds {dataset}/raw/, or train offline on the "
-            f"bundled dataset with data=digits."
+            f"({error}). Either copy its original files ({files}) into {_download_folder(root, dataset)}/ "
+            f"(the directory must be writable), point data.root at a directory that holds them as torchvision "
+            f"lays them out, or train offline on the bundled dataset with data=digits."
         ) from error
-    return ImageSplits(
-        train.data[:, None].contiguous(), train.targets.long(), test.data[:, None].contiguous(), test.targets.long()
-    )
+    return ImageSplits(*_whole(train), *_whole(test))
+
+
+def _whole(split) -> tuple[torch.Tensor, torch.Tensor]:
+    """A torchvision split's images as contiguous uint8 (N, C, H, W) and its labels as int64."""
+    images = torch.as_tensor(np.asarray(split.data))
+    images = images[:, None] if images.dim() == 3 else images.permute(0, 3, 1, 2)  # grayscale, or HWC arrays
+    return images.contiguous(), torch.as_tensor(np.asarray(split.targets)).long()
+
+
+def _original_files(dataset_class) -> str:
+    """The files a torchvision dataset downloads (its `resources`, or its archive's name)."""
+    resources = getattr(dataset_class, "resources", None)
+    if resources:
+        return ", ".join(Path(url).name for url, *_ in resources)
+    return getattr(dataset_class, "filename", None) or "see torchvision's documentation of the dataset"
+
+
+def _download_folder(root: Path, dataset: str) -> Path:
+    return root / dataset / "raw" if dataset in ("MNIST", "FashionMNIST", "KMNIST", "EMNIST", "QMNIST") else root
