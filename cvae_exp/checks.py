@@ -269,25 +269,22 @@ def _check_callbacks(callbacks: DictConfig) -> None:
     """Each callback must construct (milliseconds, nothing written), so that a bad argument
     fails here and not when training starts."""
     for name, callback in callbacks.items():
-        try:
-            instantiate(callback)
-        except Exception as error:
-            raise UserInputError(
-                f"Invalid config at callbacks.{name}: {_constructor_error(error)} See "
-                "configs/callbacks/default.yaml for its keys."
-            ) from None
+        _constructs(callback, f"callbacks.{name}", "See configs/callbacks/default.yaml for its keys.")
 
 
 def _check_objective(loss: DictConfig) -> None:
     """The objective constructs (microseconds), so that a user's objective refuses its bad
     arguments here, not at the first training step."""
+    advice = "loss._target_ names an objective class (configs/loss/, docs/extending.md), the other keys its arguments."
+    _constructs(loss, "loss", advice)
+
+
+def _constructs(node: DictConfig, key: str, advice: str) -> None:
+    """`node` instantiates; else its constructor's objection is refused as one paragraph that names `key`."""
     try:
-        instantiate(loss)
+        instantiate(node)
     except Exception as error:
-        raise UserInputError(
-            f"Invalid config at loss: {_constructor_error(error)} loss._target_ names an objective class "
-            "(configs/loss/, docs/extending.md) and the other keys are its arguments."
-        ) from None
+        raise UserInputError(f"Invalid config at {key}: {_constructor_error(error)} {advice}") from None
 
 
 def _check_module(module: DictConfig) -> None:
