@@ -29,6 +29,7 @@ from cvae_exp.schema import (
     RECON_Z_CHOICES,
     SAMPLERS,
     VAL_METRICS,
+    DataConfig,
     ELBOConfig,
     TrainConfig,
 )
@@ -111,6 +112,8 @@ def check_values(cfg: DictConfig) -> DictConfig:
     try:
         schema = OmegaConf.structured(TrainConfig)
         OmegaConf.set_struct(schema.optim, False)  # other torch.optim arguments: +optim.momentum=0.9
+        schema.data = OmegaConf.structured(DataConfig)
+        OmegaConf.set_struct(schema.data, False)  # a DataModule's own arguments: +data.<key>=...
         elbo = OmegaConf.select(cfg, "loss._target_") == ELBO_TARGET
         if elbo:
             schema.loss = OmegaConf.structured(ELBOConfig)
@@ -279,10 +282,17 @@ def _check_objective(loss: DictConfig) -> None:
     _constructs(loss, "loss", advice)
 
 
-def _constructs(node: DictConfig, key: str, advice: str) -> None:
-    """`node` instantiates; else its constructor's objection is refused as one paragraph that names `key`."""
+def build_data(data: DictConfig):
+    """The DataModule, with its data loaded (Preflight checks it before any directory exists)."""
+    datamodule = _constructs(data, "data", "data._target_ names a DataModule class, the other keys its arguments.")
+    datamodule.setup()
+    return datamodule
+
+
+def _constructs(node: DictConfig, key: str, advice: str):
+    """`node` instantiated; else its constructor's objection, refused as one paragraph that names `key`."""
     try:
-        instantiate(node)
+        return instantiate(node)
     except Exception as error:
         raise UserInputError(f"Invalid config at {key}: {_constructor_error(error)} {advice}") from None
 

@@ -28,10 +28,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from cvae_exp.checks import check_values, epochs_done, validate
+from cvae_exp.checks import build_data, check_values, epochs_done, validate
 from cvae_exp.compose import composition_error
 from cvae_exp.errors import UserInputError, report_and_exit
 
@@ -158,7 +157,7 @@ def check_job(
         validate(task, devices_here)
         data = OmegaConf.to_yaml(task.data, resolve=True)
         if devices_here and data not in data_checked:  # a remote job may read its data from another root
-            instantiate(task.data).setup()
+            build_data(task.data)
             data_checked.add(data)
 
 
