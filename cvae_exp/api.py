@@ -17,17 +17,20 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from cvae_exp.checks import validate
+from cvae_exp.checks import build_data, validate
 from cvae_exp.compose import compose_train, config_source
 from cvae_exp.errors import UserInputError
 
 
 def compose(overrides: Sequence[str] = (), config_dir: str | None = None, config_name: str | None = None) -> DictConfig:
-    """The validated config that `cvae-train [-cd config_dir] [-cn config_name] <overrides>`
-    runs, with its run directory (hydra.run.dir) as paths.output_dir. Bad input raises
+    """The config that `cvae-train [-cd config_dir] [-cn config_name] <overrides>` runs, with
+    its run directory (hydra.run.dir) as paths.output_dir, validated as cvae-train validates
+    it: its values, what it builds, and its data, loaded once. Bad input raises
     UserInputError with the console script's message."""
     source = config_source(config_dir=config_dir, config_name=config_name)
-    return validate(compose_train(list(overrides), output_dir=None, source=source))
+    cfg = validate(compose_train(list(overrides), output_dir=None, source=source))
+    build_data(cfg.data)
+    return cfg
 
 
 def train(overrides: Sequence[str] = (), config_dir: str | None = None, config_name: str | None = None) -> "Run":

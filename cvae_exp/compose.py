@@ -88,7 +88,8 @@ def composition_error(error: Exception, overrides: Sequence[str]) -> UserInputEr
         group, names = options.split(":", 1)
         text = f"{head.strip()}; the options of{group}: {', '.join(names.split())}"
     return UserInputError(
-        f"Cannot compose the config from {' '.join(overrides)}: {text.rstrip('.')}. `cvae-train --help` lists "
+        f"Cannot compose the config from {' '.join(overrides) or 'no overrides'}: {text.rstrip('.')}. "
+        "`cvae-train --help` lists "
         "the config groups and keys."
     )
 

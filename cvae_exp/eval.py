@@ -74,7 +74,8 @@ def load_module(checkpoint: Path, **eval_overrides):
     except Exception as error:  # truncated file, another model's checkpoint, ...
         raise UserInputError(
             f"Cannot load {str(checkpoint)!r} as a cvae-exp checkpoint ({type(error).__name__}: {error}); pass "
-            "a .ckpt written by cvae-train."
+            "a .ckpt written by cvae-train. A run that used modules of your own (a dataset loader, an objective) "
+            "needs them importable: run from their directory or put it on PYTHONPATH."
         ) from None
     module.hparams.eval.update({key: value for key, value in eval_overrides.items() if value is not None})
     return module

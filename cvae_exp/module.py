@@ -147,7 +147,9 @@ class CVAEModule(L.LightningModule):
         """Fit (or reload) eval.sampler to the weights under test: Lightning has loaded them by now.
         Say so where the lab's grader does not apply."""
         if not self.graded:
-            log.info(f"The report's grader is skipped for this run: {grader_skipped(self.cvae)}.")
+            log.info(
+                f"The report's grader and the classifier metrics are skipped for this run: {grader_skipped(self.cvae)}."
+            )
         checkpoint = self.trainer.ckpt_path
         self.sampler = fitted_sampler(
             self,

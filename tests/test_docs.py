@@ -1,6 +1,5 @@
 """The pages whose examples a user copies into a directory of their own (docs/extending.md,
 docs/api.md) run as written: each block that starts with `# file: PATH` is written to PATH
-(less that line)
 in a fresh directory, then the page's other blocks run there in order (```bash lines
 as shell commands, plain ```python blocks as one script, as in a notebook)."""
 
@@ -14,7 +13,7 @@ import pytest
 
 DOCS = Path(__file__).parents[1] / "docs"
 BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.MULTILINE | re.DOTALL)
-FILE = re.compile(r"^# file: (\S+)\n")
+FILE = re.compile(r"^(?:# @package \S+\n)?# file: (\S+)\n")  # a YAML's package header comes first
 
 
 def run_page(page: str, workspace: Path) -> list[subprocess.CompletedProcess]:
@@ -24,7 +23,7 @@ def run_page(page: str, workspace: Path) -> list[subprocess.CompletedProcess]:
         named = FILE.match(body)
         if named:
             (workspace / named.group(1)).parent.mkdir(parents=True, exist_ok=True)
-            (workspace / named.group(1)).write_text(body[named.end() :])  # a YAML header (# @package) comes first
+            (workspace / named.group(1)).write_text(body)
         elif language == "bash":
             for command in [line for line in body.splitlines() if line.strip() and not line.startswith("#")]:
                 results.append(run(["bash", "-c", command], workspace))

@@ -101,7 +101,11 @@ BAD_INPUTS = [
         ["task.factor=3", "28x28", "allowed: 2, 4, 7, 14, 28", "configs/task/"],
     ),
     ("train", ["task=inpaint", "task.max_size=40"], ["task.max_size=40", "28x28", "allowed: at most 28"]),
-    ("train", ["task=quadrants", "optimized_metric=val/ssim"], ["optimized_metric='val/ssim'", "label task"]),
+    (
+        "train",
+        ["task=quadrants", "optimized_metric=val/ssim"],
+        ["optimized_metric='val/ssim'", "no val/ssim"],
+    ),
     ("train", ["task=colorize"], ["colorize", "quadrants"]),
     ("train", ["optim._target_=torch.optim.SGD", "+optim.momentum=-1"], ["optim", "momentum", "torch.optim class"]),
     ("train", ["optim._target_=torch.optim.Nadamm"], ["optim", "Nadamm", "torch.optim class"]),

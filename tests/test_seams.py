@@ -109,7 +109,10 @@ def test_colour_images_train_and_test_with_the_grader_skipped_and_said(tmp_path,
         fitted, tested = fit_and_test(module, data, tmp_path)
     assert "val/ssim" not in fitted and "test/score" not in tested
     assert math.isfinite(tested["test/mse"]) and math.isfinite(tested["test/loss"])
-    assert "The report's grader is skipped for this run: its images are [3, 16, 16]" in caplog.text
+    assert (
+        "The report's grader and the classifier metrics are skipped for this run: its images are [3, 16, 16]"
+        in caplog.text
+    )
 
 
 def test_the_datamodule_serves_its_consumers_images_and_the_source_splits(tmp_path):

@@ -71,7 +71,8 @@ def load_torchvision(root: Path, dataset: str) -> ImageSplits:
         files = _original_files(dataset_class)
         raise UserInputError(
             f"{dataset} is not under data.root={str(root)!r} and could not be downloaded "
-            f"({error}). Either copy its original files ({files}) into {_download_folder(root, dataset)}/ "
+            f"({' '.join(str(error).split())}). Either copy its original files ({files}) into "
+            f"{_download_folder(root, dataset)}/ "
             f"(the directory must be writable), point data.root at a directory that holds them as torchvision "
             f"lays them out, or train offline on the bundled dataset with data=digits."
         ) from error
