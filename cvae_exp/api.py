@@ -94,18 +94,20 @@ class Run:
         images, labels = instantiate(self.module.hparams.data).images("test", count)
         return images.float() / 255, labels
 
-    def sample(self, labels: Sequence[int], n: int = 1, seed: int | None = None):
-        """`n` images for each class in `labels` (label-major), from z ~ p(z | label)."""
+    def sample(self, conditions, n: int = 1, seed: int | None = None):
+        """`n` images for each condition (condition-major) from z ~ p(z | c): class numbers, or
+        attribute vectors (N, D) for a run of task=attributes."""
         import torch
 
-        if not self.model.labels_condition:
+        if self.model.condition_kind == "image":
             raise UserInputError(
                 f"This run's task ({type(self.module.task).__name__}) conditions on images: sample draws from class "
-                "labels; use reconstruct(images, labels), which completes images from their condition."
+                "labels or attributes; use reconstruct(images, labels), which completes images from their condition."
             )
         if seed is not None:
             torch.manual_seed(seed)
-        return self.model.sample(torch.as_tensor(labels), n)
+        conditions = torch.as_tensor(conditions)
+        return self.model.sample(conditions.float() if self.model.condition_kind == "vector" else conditions, n)
 
     def encode(self, images, labels):
         """q(z | x, c): `.mean` and `.logvar`, (N, latent_dim), `.rsample()`, `.log_prob(z)`."""

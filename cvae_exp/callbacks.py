@@ -111,7 +111,7 @@ class ImageLogger(Callback):
         images, labels = trainer.datamodule.images("val")
         images, labels = images.to(pl_module.device).float() / 255, labels.to(pl_module.device)
         with torch.random.fork_rng(devices=[pl_module.device] if pl_module.device.type == "cuda" else []):
-            if not cvae.labels_condition:  # an image-conditioned task
+            if not cvae.labels_condition:  # a task that conditions on an image or on attributes
                 grids = {
                     "images/completions": visualize.completions(
                         cvae,

@@ -140,6 +140,7 @@ def check_values(cfg: DictConfig) -> DictConfig:
         "must be [channels, height, width] of positive integers",
     )
     _require(data.num_classes >= 1, "data.num_classes", data.num_classes, "must be an integer >= 1")
+    _require(data.attributes >= 0, "data.attributes", data.attributes, "must be an integer >= 0 (0: class labels)")
     _require(model.latent_dim >= 1, "model.latent_dim", model.latent_dim, "must be an integer >= 1 (the size of z)")
     if elbo:  # another objective checks its own arguments when validate() builds it
         _check_elbo(loss)
@@ -351,6 +352,13 @@ def _build_task(typed: DictConfig):
         raise UserInputError(
             f"Invalid task config: {_constructor_error(error)} See configs/task/ for each task's keys."
         ) from None
+    _require(
+        not (typed.data.attributes and task.condition_kind == "class"),
+        "data.attributes",
+        typed.data.attributes,
+        f"the {typed.data.name} images come with attribute vectors, not class labels: condition on them with "
+        "task=attributes (or on parts of the image: task=quadrants, inpaint, superres)",
+    )
     return task
 
 

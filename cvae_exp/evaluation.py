@@ -20,7 +20,8 @@ def grader_skipped(cvae: CVAE) -> str | None:
     """Why the lab's grader (SSIM, per-class FID, Score) does not apply to this model's
     runs, or None where it does: it grades 28x28 grayscale images with class labels."""
     if not cvae.labels_condition:
-        return "its condition is an image, not a class label"
+        kind = "an image" if cvae.condition_kind == "image" else "a vector of attributes"
+        return f"its condition is {kind}, not a class label"
     if tuple(cvae.image_shape) != GRADED_SHAPE:
         shapes = f"{list(cvae.image_shape)}, the grader's {list(GRADED_SHAPE)}"
         return f"its images are {shapes} ([channels, height, width])"

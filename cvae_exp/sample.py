@@ -6,6 +6,8 @@
 
 Keys (defaults in brackets):
   labels  classes, one grid row each [every class]
+  attributes  for a run of task=attributes: attribute vectors, one grid row each, e.g.
+          attributes=[[1,0,1],[0,1,1]] [the first 8 test images' vectors, beside the images]
   mode    grid: n samples per label | interpolate: steps images between two random z
           | traverse: z = 0 with coordinate `dim` swept over [-span, span] in steps [grid]
   n       samples per row in mode=grid [8]
@@ -18,12 +20,14 @@ Keys (defaults in brackets):
 
 For a run of an image-conditioned task (task=quadrants, inpaint, superres), mode=grid
 draws completions: one row per test image (the first of each class in `labels`, or the
-first 8 test images), with its condition, n predictions from z ~ p(z|c) and the truth.
+first 8 test images), with its condition, n predictions from z ~ p(z|c) and the truth;
+for task=attributes without `attributes`, the same rows without the condition.
 """
 
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 from omegaconf import OmegaConf
@@ -37,7 +41,8 @@ from cvae_exp.schema import SAMPLERS
 
 MODES = ("grid", "interpolate", "traverse")
 KEYS = (
-    "labels (class numbers, e.g. [0,3]), n (int), out (image path), mode (grid|interpolate|traverse), dim (int), "
+    "labels (class numbers, e.g. [0,3]), attributes (vectors, e.g. [[1,0],[0,1]]), n (int), out (image path), "
+    "mode (grid|interpolate|traverse), dim (int), "
     "span (float), steps (int), seed (int), sampler (prior|gmm|flow), data_root (path)"
 )
 
@@ -45,6 +50,7 @@ KEYS = (
 @dataclass
 class SampleConfig:
     labels: list[int] | None = None  # None: every class
+    attributes: list[Any] | None = None  # task=attributes: one vector of numbers per row (visualize checks them)
     n: int = 8
     out: str = "samples.png"
     mode: str = "grid"
@@ -94,6 +100,9 @@ def draw(module, config: SampleConfig, checkpoint: Path):
     sampler = fitted_sampler(module, config.sampler, checkpoint, dataset(module, config))
     torch.manual_seed(config.seed)
     try:
+        if cvae.condition_kind == "vector" and config.attributes is not None:
+            _require_grid(module, config)
+            return visualize.condition_samples(cvae, _attribute_vectors(config.attributes), config.n)
         if not cvae.labels_condition:
             return completions(module, labels if config.labels is not None else None, config)
         if config.mode == "grid":
@@ -106,13 +115,15 @@ def draw(module, config: SampleConfig, checkpoint: Path):
 
 
 def completions(module, labels, config: SampleConfig):
-    """Completions of test images for an image-conditioned task: the condition comes from data."""
+    """Completions of test images for a task that conditions on images or attributes: the
+    condition comes from data."""
     from cvae_exp import visualize
 
-    if config.mode != "grid":
+    _require_grid(module, config)
+    if labels is not None and module.cvae.condition_kind == "vector":
         raise UserInputError(
-            f"mode={config.mode} draws from labels; this run's task ({type(module.task).__name__}) conditions "
-            "on images, so only mode=grid (completions of test images) applies."
+            f"labels={labels.tolist()} picks test images by class; this run conditions on attribute vectors: pass "
+            "attributes=[[...], ...] (one vector per row), or neither for the first 8 test images."
         )
     data = dataset(module, config)
     images, test_labels = data.images("test")
@@ -124,6 +135,23 @@ def completions(module, labels, config: SampleConfig):
             raise ValueError(f"labels={labels.tolist()}: no test image has class {missing[0]}")
         index = [int((test_labels == label).nonzero()[0]) for label in labels.tolist()]
     return visualize.completions(module.cvae, module.task, images[index].float() / 255, test_labels[index], config.n)
+
+
+def _attribute_vectors(attributes: list):
+    import torch
+
+    try:
+        return torch.tensor(attributes, dtype=torch.float32)
+    except (TypeError, ValueError):
+        raise ValueError(f"attributes={attributes} must be a list of equally long lists of numbers") from None
+
+
+def _require_grid(module, config: SampleConfig) -> None:
+    if config.mode != "grid":
+        raise UserInputError(
+            f"mode={config.mode} draws from labels; this run's task ({type(module.task).__name__}) conditions "
+            f"on {'attributes' if module.cvae.condition_kind == 'vector' else 'images'}, so only mode=grid applies."
+        )
 
 
 def dataset(module, config: SampleConfig):

@@ -39,6 +39,7 @@ class DataConfig:
     val_size: int
     split_seed: int = 0
     binarize: str = "none"
+    attributes: int = 0  # 0: the labels are class numbers; D > 0: each image has D attribute values (task=attributes)
 
 
 @dataclass

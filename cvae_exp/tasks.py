@@ -2,7 +2,7 @@
 config group `task`.
 
 A task turns a batch (images in [0, 1], labels) into (condition, mask): the condition the
-networks and the prior see (a label, or an image-like tensor) and the mask of target pixels
+networks and the prior see (a label, a vector of attributes, or an image-like tensor) and the mask of target pixels
 that the likelihood and the metrics cover (None: the whole image). The encoder q(z | x, c)
 sees the whole image. A new task is one class here plus one YAML file in configs/task/.
 """
@@ -17,6 +17,7 @@ class LabelTask:
     """p(x | label): the class label is the condition, every pixel the target."""
 
     name = "label"
+    condition_kind = "class"  # class | vector | image: how conditioning, grids and cvae-sample address it
 
     def condition_shape(self, image_shape: tuple[int, int, int]) -> tuple[int, int, int] | None:
         return None  # a label
@@ -37,6 +38,7 @@ class QuadrantTask(LabelTask):
     the image with unobserved pixels set to -1; the target is the unobserved pixels."""
 
     name = "quadrants"
+    condition_kind = "image"
     OBSERVED = {1: ((1, 0),), 2: ((0, 0), (1, 0)), 3: ((0, 0), (0, 1), (1, 0))}  # (row, column) of each seen quadrant
 
     def __init__(self, observed: int = 1):
@@ -121,6 +123,7 @@ class SuperresTask(LabelTask):
     blocks (factor 4: 7x7 from 28x28, factor 2: 14x14); every pixel is the target."""
 
     name = "superres"
+    condition_kind = "image"
 
     def __init__(self, factor: int = 4):
         if not isinstance(factor, int) or factor < 2:
@@ -142,3 +145,27 @@ class SuperresTask(LabelTask):
 
     def show(self, condition, image_shape):
         return F.interpolate(condition, size=tuple(image_shape[1:]), mode="nearest")
+
+
+class AttributesTask(LabelTask):
+    """p(x | a): a vector of `num_attributes` attribute values (multi-hot, or real values) is the
+    condition, every pixel the target. The dataset's labels are those vectors (data.attributes)."""
+
+    name = "attributes"
+    condition_kind = "vector"
+
+    def __init__(self, num_attributes: int):
+        if not isinstance(num_attributes, int) or num_attributes < 1:
+            raise ValueError(
+                f"task=attributes needs a dataset with attribute vectors (data.attributes >= 1), got {num_attributes!r}"
+            )
+        self.num_attributes = num_attributes
+
+    def condition_shape(self, image_shape):
+        return (self.num_attributes,)
+
+    def __call__(self, images, labels, generator=None):
+        return labels.float(), None
+
+    def show(self, condition, image_shape):
+        return None  # a vector has no picture: grids show samples and the truth only

@@ -120,22 +120,29 @@ def traversal(cvae: CVAE, labels: torch.Tensor, dim: int, span: float = 3.0, ste
 
 @_inference
 def completions(cvae: CVAE, task, images: torch.Tensor, labels: torch.Tensor, n: int) -> torch.Tensor:
-    """For an image-conditioned task (cvae_exp/tasks.py), row i: the condition of images[i]
-    (unobserved pixels grey), `n` predictions from z ~ p(z | c) with the observed pixels
-    kept, and the image itself."""
+    """For a task that conditions on an image or on attributes (cvae_exp/tasks.py), row i: the
+    condition of images[i] where it is a picture (unobserved pixels grey), `n` predictions
+    from z ~ p(z | c) (the observed pixels kept), and the image itself."""
     _check_at_least("n", n, 1)
     images = images.to(_device(cvae))
     condition, _ = task(images, labels.to(images.device), torch.Generator().manual_seed(0))
     predictions = task.complete(condition.repeat_interleave(n, dim=0), cvae.sample(condition, n).float())
-    rows = torch.cat(
-        [
-            task.show(condition, cvae.image_shape)[:, None],
-            predictions.view(len(images), n, *cvae.image_shape),
-            images[:, None],
-        ],
-        dim=1,
-    )
-    return _grid(rows.flatten(0, 1), columns=n + 2)
+    shown = task.show(condition, cvae.image_shape)  # None: a vector of attributes
+    columns = [predictions.view(len(images), n, *cvae.image_shape), images[:, None]]
+    rows = torch.cat(columns if shown is None else [shown[:, None], *columns], dim=1)
+    return _grid(rows.flatten(0, 1), columns=rows.shape[1])
+
+
+@_inference
+def condition_samples(cvae: CVAE, conditions: torch.Tensor, n: int) -> torch.Tensor:
+    """Row i: `n` images from z ~ p(z | c) for the attribute vector conditions[i]."""
+    _check_at_least("n", n, 1)
+    width = cvae.condition_shape[0]
+    if conditions.dim() != 2 or conditions.shape[1] != width:
+        raise ValueError(
+            f"attributes={conditions.tolist()} must be a list of vectors of {width} values, one per grid row"
+        )
+    return _grid(cvae.sample(conditions.float().to(_device(cvae)), n), columns=n)
 
 
 def _interpolate(cvae: CVAE, start: torch.Tensor, end: torch.Tensor, labels: torch.Tensor, steps: int) -> torch.Tensor:

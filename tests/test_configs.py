@@ -32,9 +32,13 @@ CONFIG_DIR = Path(__file__).parents[1] / "configs"
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted(Path(CONFIG_DIR, group).glob("*.yaml"))]
 
 
+# Options that need another one beside them
+COMPANIONS = {("task", "attributes"): ["data=digit_attributes"], ("data", "digit_attributes"): ["task=attributes"]}
+
+
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes_and_validates(compose_train, group, option):
-    cfg = compose_train([f"{group}={option}"])
+    cfg = compose_train([f"{group}={option}", *COMPANIONS.get((group, option), [])])
     validate(
         cfg, devices_here=False
     )  # trainer=gpu composes here too; whether a GPU exists is checked where the job runs

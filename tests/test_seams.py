@@ -9,15 +9,19 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
+from cvae_exp import sample, visualize
 from cvae_exp.compose import config_source
 from cvae_exp.data import ImageSplits, TensorDataModule
-from cvae_exp.data.sources import _whole
+from cvae_exp.data.sources import _whole, load_digits
 from cvae_exp.errors import UserInputError
 from cvae_exp.evaluation import grader_skipped
+from cvae_exp.models import build_cvae
 from cvae_exp.module import CVAEModule
 from cvae_exp.objective import ELBO, LossOutput
+from cvae_exp.tasks import AttributesTask
 from cvae_exp.train import config_flags
 from tests.test_models import CONFIGS, TINY, tiny
 
@@ -146,3 +150,87 @@ def test_hydras_config_flags_reach_the_pre_compose_with_absolute_directories(tmp
         config_source(config_path="nowhere")
     with pytest.raises(UserInputError, match="-cn needs a value"):
         config_flags(["-cn"])
+
+
+def stripes(root, count: int = 48) -> ImageSplits:
+    """Images with up to three vertical stripes; attribute j is 1 where stripe j is drawn."""
+    generator = torch.Generator().manual_seed(0)
+    attributes = torch.randint(0, 2, (count, 3), generator=generator)
+    images = torch.randint(0, 40, (count, 1, 28, 28), dtype=torch.uint8, generator=generator)
+    for stripe in range(3):
+        images[attributes[:, stripe] == 1, :, :, stripe * 9 : stripe * 9 + 6] = 230
+    return ImageSplits(images[:36], attributes[:36], images[36:], attributes[36:])
+
+
+@pytest.mark.parametrize("network", ["mlp", "conv"])
+@pytest.mark.parametrize("conditioning", ["concat", "film"])
+def test_attribute_vectors_enter_every_network_and_conditioning(network, conditioning):
+    cvae = build_cvae(
+        OmegaConf.to_container(OmegaConf.merge(OmegaConf.load(CONFIGS / "model" / f"{network}.yaml"), TINY[network])),
+        OmegaConf.to_container(OmegaConf.load(CONFIGS / "conditioning" / f"{conditioning}.yaml")),
+        None,
+        AttributesTask(3),
+        {"image_shape": [1, 28, 28], "num_classes": 1},
+    )
+    assert cvae.condition_kind == "vector" and not cvae.labels_condition
+    attributes = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.5, 0.0]])
+    output = cvae(torch.rand(2, 1, 28, 28), attributes)
+    assert output.logits.shape == (2, 1, 28, 28) and output.kl.shape == (2,)
+    assert cvae.sample(attributes, n=3).shape == (6, 1, 28, 28)
+    assert grader_skipped(cvae) == "its condition is a vector of attributes, not a class label"
+
+
+def test_task_attributes_trains_tests_and_draws_grids_and_cvae_sample(tmp_path, caplog):
+    torch.manual_seed(0)
+    data = dict(
+        name="stripes", source=stripes, root=str(tmp_path), image_shape=[1, 28, 28], num_classes=1, batch_size=12,
+        val_size=12, attributes=3,
+    )  # fmt: skip
+    module = CVAEModule(
+        model=OmegaConf.to_container(OmegaConf.merge(OmegaConf.load(CONFIGS / "model" / "mlp.yaml"), TINY["mlp"])),
+        conditioning=OmegaConf.to_container(OmegaConf.load(CONFIGS / "conditioning" / "film.yaml")),
+        loss={"likelihood": "gaussian", "var": 0.5},
+        optim={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
+        data=data,
+        eval={"classifier_metrics": False},
+        task={"_target_": "cvae_exp.tasks.AttributesTask", "num_attributes": 3},
+    )
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "checkpoints", filename="last")
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=1, logger=False, callbacks=[checkpoint], enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    datamodule = TensorDataModule(**data)
+    trainer.fit(module, datamodule=datamodule)
+    with caplog.at_level("INFO", logger="cvae_exp.module"):
+        (tested,) = trainer.test(module, datamodule=datamodule, verbose=False)
+    assert math.isfinite(tested["test/mse"]) and "test/score" not in tested
+    assert "its condition is a vector of attributes" in caplog.text
+
+    images, attributes = datamodule.images("val", 4)
+    grid = visualize.completions(module.cvae, module.task, images.float() / 255, attributes, n=2)
+    assert grid.shape[1:] == (4 * 28 + 5 * 2, 3 * 28 + 4 * 2)  # per row: 2 samples and the image, no condition
+    rows = visualize.condition_samples(module.cvae, torch.tensor([[1, 0, 0], [0, 1, 1]]), n=5)
+    assert rows.shape[1:] == (2 * 28 + 3 * 2, 5 * 28 + 6 * 2)
+
+    out = tmp_path / "attributes.png"
+    sample.main([str(checkpoint.best_model_path), "attributes=[[1,0,0],[0,1,1]]", "n=3", f"out={out}"])
+    assert out.is_file()
+    with pytest.raises(SystemExit) as refused:
+        sample.main([str(checkpoint.best_model_path), "labels=[0]", f"out={tmp_path / 'labels.png'}"])
+    assert refused.value.code == 2 and not (tmp_path / "labels.png").exists()
+
+
+def test_attribute_data_and_class_data_are_told_apart():
+    with pytest.raises(UserInputError, match=r"data.attributes=3: the digits labels are class numbers"):
+        TensorDataModule(
+            name="digits", source=load_digits, root=".", image_shape=[1, 28, 28], num_classes=10, batch_size=8,
+            val_size=10, attributes=3,
+        ).setup()  # fmt: skip
+    with pytest.raises(UserInputError, match=r"data.attributes=2: the stripes labels are vectors of 3"):
+        TensorDataModule(
+            name="stripes", source=stripes, root=".", image_shape=[1, 28, 28], num_classes=1, batch_size=8,
+            val_size=10, attributes=2,
+        ).setup()  # fmt: skip
+    with pytest.raises(ValueError, match="task=attributes needs a dataset with attribute vectors"):
+        AttributesTask(0)

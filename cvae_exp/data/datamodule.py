@@ -25,7 +25,8 @@ class TensorDataModule(L.LightningDataModule):
     """Splits the official train set into train/val with `split_seed` and keeps the
     official test set as test. `binarize`: `dynamic` draws x ~ Bernoulli(pixel) for every
     training batch and once (with `split_seed`) for validation and test, `static` once for
-    every split; both suit `loss.likelihood=bernoulli`."""
+    every split; both suit `loss.likelihood=bernoulli`. With `attributes` = D > 0 the labels
+    are (N, D) attribute vectors (multi-hot or real values), the condition of task=attributes."""
 
     def __init__(
         self,
@@ -38,6 +39,7 @@ class TensorDataModule(L.LightningDataModule):
         val_size: int,
         split_seed: int = 0,
         binarize: str = "none",
+        attributes: int = 0,
     ):
         super().__init__()
         if binarize not in BINARIZE_CHOICES:
@@ -45,6 +47,7 @@ class TensorDataModule(L.LightningDataModule):
         self.name, self.source, self.root = name, source, Path(root)
         self.image_shape, self.num_classes = tuple(image_shape), num_classes
         self.batch_size, self.val_size, self.split_seed, self.binarize = batch_size, val_size, split_seed, binarize
+        self.attributes = attributes
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -86,6 +89,9 @@ class TensorDataModule(L.LightningDataModule):
                 f"Invalid config value data.image_shape={list(self.image_shape)}: the {self.name} images are "
                 f"{shape} ([channels, height, width]); set data.image_shape={shape} or choose another data config."
             )
+        if self.attributes or data.train_labels.dim() != 1:
+            self._check_attributes(data)
+            return self._check_val_size(count)
         classes = int(max(data.train_labels.max(), data.test_labels.max())) + 1
         if classes != self.num_classes:
             raise UserInputError(
@@ -93,6 +99,18 @@ class TensorDataModule(L.LightningDataModule):
                 f"0..{classes - 1}; "
                 f"set data.num_classes={classes}."
             )
+        self._check_val_size(count)
+
+    def _check_attributes(self, data: ImageSplits) -> None:
+        shape = list(data.train_labels.shape[1:])
+        if data.train_labels.dim() != 2 or shape != [self.attributes] or list(data.test_labels.shape[1:]) != shape:
+            found = f"vectors of {shape[0]} attribute values" if data.train_labels.dim() == 2 else "class numbers"
+            raise UserInputError(
+                f"Invalid config value data.attributes={self.attributes}: the {self.name} labels are {found}; set "
+                f"data.attributes to the length of the vectors (0 for class numbers)."
+            )
+
+    def _check_val_size(self, count: int) -> None:
         if not 0 < self.val_size < count:
             raise UserInputError(
                 f"Invalid config value data.val_size={self.val_size}: the validation images are taken from the {count} "

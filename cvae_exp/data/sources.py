@@ -43,6 +43,25 @@ def load_digits(root: Path, test_size: int = 297, split_seed: int = 0) -> ImageS
     return ImageSplits(images[train], labels[train], images[test], labels[test])
 
 
+# Properties of each digit 0..9, the attribute vectors of load_digit_attributes: odd, drawn with
+# a closed loop (0, 4, 6, 8, 9), at least 5
+DIGIT_ATTRIBUTES = torch.tensor(
+    [[0, 1, 0], [1, 0, 0], [0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 0, 1], [0, 1, 1], [1, 0, 1], [0, 1, 1], [1, 1, 1]]
+)
+
+
+def load_digit_attributes(root: Path) -> ImageSplits:
+    """The bundled digits with a multi-hot vector of three attributes per image instead of
+    its class (DIGIT_ATTRIBUTES): a dataset for task=attributes that needs no download."""
+    digits = load_digits(root)
+    return ImageSplits(
+        digits.train_images,
+        DIGIT_ATTRIBUTES[digits.train_labels],
+        digits.test_images,
+        DIGIT_ATTRIBUTES[digits.test_labels],
+    )
+
+
 @functools.cache
 def load_torchvision(root: Path, dataset: str) -> ImageSplits:
     """A torchvision dataset that holds its images whole, in `.data` with `.targets`, and takes

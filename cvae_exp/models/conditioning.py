@@ -1,8 +1,9 @@
 """How the condition enters a network.
 
-A condition is either a class label (int64, shape (N,)) or an image-like tensor (float,
-(N, C, H, W)): observed quadrants, a masked image, a low-resolution image (cvae_exp/tasks.py
-makes it from a batch). Each network (encoder, decoder, prior) gets its own `Conditioning`
+A condition is of one of three kinds (cvae_exp/tasks.py makes it from a batch): a class
+label (int64, shape (N,); `condition_shape` None), a vector of attribute values (float,
+(N, D); `condition_shape` (D,)), or an image-like tensor (float, (N, C, H, W)): observed
+quadrants, a masked image, a low-resolution image. Each network (encoder, decoder, prior) gets its own `Conditioning`
 instance and calls it at two points: `join` on its input (features or image channels) and
 one `modulator` per hidden layer. A new method is one subclass here plus one YAML file in
 configs/conditioning/.
@@ -17,8 +18,9 @@ from torch import nn
 
 class Conditioning(nn.Module):
     """Base class: the condition is ignored (an unconditional VAE). It also says how a
-    condition reads as a flat vector (`as_features`: a one-hot label or the flattened
-    image) and as image channels (`as_maps`: constant label maps or the resized image)."""
+    condition reads as a flat vector (`as_features`: a one-hot label, the attribute vector
+    or the flattened image) and as image channels (`as_maps`: constant maps of the label's
+    one-hot code or of the attribute values, or the resized image)."""
 
     is_conditional = False
 
@@ -40,8 +42,13 @@ class Conditioning(nn.Module):
             return F.one_hot(condition, self.num_classes).to(dtype)
         return condition.flatten(1).to(dtype)
 
+    @property
+    def kind(self) -> str:
+        """class, vector or image."""
+        return "class" if self.condition_shape is None else "vector" if len(self.condition_shape) == 1 else "image"
+
     def as_maps(self, condition: torch.Tensor, size: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
-        if self.condition_shape is None:
+        if self.kind != "image":
             return self.as_features(condition, dtype)[:, :, None, None].expand(-1, -1, *size)
         return F.interpolate(condition.to(dtype), size=size, mode="nearest")
 

@@ -5,8 +5,8 @@ grids and cvae-sample use (docs/extending.md): `forward(x, c)` -> CVAEOutput (wh
 objective needs: decoder logits and the KL term), `encode(x, c)` -> the posterior
 q(z | x, c) (`.mean`, `.rsample(k)`, `.log_prob(z)`), `decode(z, c)` -> pixel means,
 `decode_logits(z, c)`, `log_prior(z, c)`, `sample(c, n)` and `reconstruct(x, c)`; the
-attributes `latent_dim`, `image_shape`, `num_classes`, `has_latent`, `labels_condition`
-and `is_conditional` say what the model is, so that a consumer that needs a Gaussian
+attributes `latent_dim`, `image_shape`, `num_classes`, `has_latent`, `condition_kind`,
+`labels_condition` and `is_conditional` say what the model is, so that a consumer that needs a Gaussian
 latent or class labels can refuse with one line.
 """
 
@@ -98,6 +98,11 @@ class CVAE(nn.Module):
     @property
     def labels_condition(self) -> bool:
         return self.condition_shape is None
+
+    @property
+    def condition_kind(self) -> str:
+        """class, vector (attribute values) or image (cvae_exp/models/conditioning.py)."""
+        return self.decoder.conditioning.kind
 
     @property
     def has_latent(self) -> bool:
