@@ -10,7 +10,9 @@ docs/api.md shows each function; the run directory and metrics.json are those of
 """
 
 import json
+import logging
 from collections.abc import Sequence
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 
@@ -51,8 +53,35 @@ def train(overrides: Sequence[str] = (), config_dir: str | None = None, config_n
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
     OmegaConf.save(OmegaConf.create({"hydra": hydra}), run_dir / ".hydra" / "hydra.yaml")
     OmegaConf.save(OmegaConf.create(list(overrides)), run_dir / ".hydra" / "overrides.yaml")
-    execute(cfg)
+    with run_log(run_dir / "train.log"):
+        execute(cfg)
     return Run(run_dir)
+
+
+@contextmanager
+def run_log(path: Path):
+    """<run dir>/train.log as cvae-train writes it (configs/hydra/default.yaml): the run's lines,
+    Lightning's notices and Python's warnings go to the file, and only the run's lines reach
+    the notebook's or script's own handlers."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    quiet = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "py.warnings")]
+    ours = [logging.getLogger(name) for name in ("cvae-train", "cvae_exp")]
+    saved = [(logger, list(logger.handlers), logger.propagate, logger.level) for logger in quiet + ours]
+    for logger in quiet:
+        logger.handlers, logger.propagate = [handler], False
+    for logger in ours:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        for logger, handlers, propagate, level in saved:
+            logger.handlers, logger.propagate = handlers, propagate
+            logger.setLevel(level)
+        handler.close()
 
 
 def load_run(path: str | Path) -> "Run":

@@ -63,6 +63,8 @@ def test_the_api_page_trains_samples_encodes_and_estimates(tmp_path):
     (script,) = run_page("api.md", tmp_path)
     assert "completed" in script.stdout and "torch.Size([12, 1, 28, 28])" in script.stdout
     assert (tmp_path / "outputs" / "api_run" / ".hydra" / "config.yaml").is_file()
+    assert "cvae-train: completed" in (tmp_path / "outputs" / "api_run" / "train.log").read_text()
+    assert "GPU available" not in script.stderr  # Lightning's notices are in train.log
     assert (tmp_path / "reconstructions.png").is_file()
     tabled = subprocess.run(["cvae-table", "outputs"], cwd=tmp_path, capture_output=True, text=True)
     assert tabled.returncode == 0 and "api_run" in tabled.stdout, tabled.stdout + tabled.stderr
