@@ -371,6 +371,7 @@ def test_divergence_stops_with_the_step_and_keeps_the_last_finite_checkpoint(com
     assert all(torch.isfinite(value).all() for value in best["state_dict"].values())
 
 
+@pytest.mark.slow  # a two-job multirun: 11 s; .ci/run runs the slow tests
 def test_a_diverging_job_fails_alone_in_a_multirun(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli("-m", *FAST, "debug=fast", "optim.lr=1e-3,1e9", f"hydra.sweep.dir={sweep}", cwd=tmp_path)

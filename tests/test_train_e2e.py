@@ -194,6 +194,7 @@ def test_every_task_and_prior_trains_tests_and_tabulates(tmp_path):
     assert (tmp_path / "completions.png").is_file()
 
 
+@pytest.mark.slow  # trains, then fits and reuses two samplers through three CLI runs: 23 s
 def test_fitted_samplers_are_saved_reused_and_labelled_with_classifier_metrics(tmp_path):
     """eval.sampler=gmm fits after training, is saved in samplers/ and labels metrics.json; the
     classifier metrics and their classifier's record are there; the exported PNGs grade to the
