@@ -268,7 +268,8 @@ def extra_arguments(words: list[str], mnist: bool) -> list[str]:
             return []  # prints the config, trains nothing
         if any(word.startswith("resume=") for word in words):
             return []  # continues a run that is short already
-        extra = TRAIN_SHORT + (TRAIN_MNIST_SHORT if mnist else TRAIN_NOT_MNIST)
+        names_its_data = any(word.startswith("data=") for word in words)  # a dataset other than MNIST
+        extra = TRAIN_SHORT + (TRAIN_MNIST_SHORT if mnist else [] if names_its_data else TRAIN_NOT_MNIST)
         if "hparams_search=optuna" in words:
             extra = extra + OPTUNA_SHORT
         return extra
