@@ -142,25 +142,27 @@ class Run:
         """q(z | x, c): `.mean` and `.logvar`, (N, latent_dim), `.rsample()`, `.log_prob(z)`."""
         import torch
 
+        condition, _ = self._condition(images, labels)
         with torch.no_grad():
-            condition, _ = self.module.task(images, torch.as_tensor(labels))
             return self.model.encode(images, condition)
 
     def reconstruct(self, images, labels, use_mean: bool = True):
         """Pixel means decoded from the posterior mean (or a posterior sample), one per image;
         for an image-conditioned task, the prediction with the observed pixels kept."""
-        import torch
-
-        condition, _ = self.module.task(images, torch.as_tensor(labels))
+        condition, _ = self._condition(images, labels)
         prediction = self.model.reconstruct(images, condition, use_mean=use_mean)
         return prediction if self.model.labels_condition else self.module.task.complete(condition, prediction)
 
     def nll(self, images, labels, samples: int = 1000):
         """(-log p(x | c), the negative ELBO) per image in nats, over the task's target pixels,
         from `samples` importance samples (cvae_exp/likelihood.py)."""
-        import torch
-
         from cvae_exp.likelihood import importance_sampled_nll
 
-        condition, mask = self.module.task(images, torch.as_tensor(labels))
+        condition, mask = self._condition(images, labels)
         return importance_sampled_nll(self.model, self.module.objective, images, condition, mask, samples)
+
+    def _condition(self, images, labels):
+        """(condition, target mask) of images with their labels, as the run's task makes them."""
+        import torch
+
+        return self.module.task(images, torch.as_tensor(labels))

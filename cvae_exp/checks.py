@@ -73,8 +73,8 @@ def validate(cfg: DictConfig, devices_here: bool = True) -> DictConfig:
     `devices_here=False` skips the check that the accelerator exists on this machine,
     for configs that run elsewhere (a SLURM job composed on a login node, --cfg). A config
     that passed in this process (Preflight, then the job) is not checked again."""
-    key = f"{devices_here}\n{OmegaConf.to_yaml(cfg)}"
-    if key in _PASSED:
+    passed = f"{devices_here}\n{OmegaConf.to_yaml(cfg)}"
+    if passed in _PASSED:
         return cfg
     typed = check_values(cfg)
     _check_device(typed.trainer, devices_here)
@@ -102,7 +102,7 @@ def validate(cfg: DictConfig, devices_here: bool = True) -> DictConfig:
     _check_callbacks(typed.callbacks or {})
     if typed.ckpt_path is not None:
         _check_checkpoint(typed.ckpt_path, model, typed.trainer.max_epochs)
-    _PASSED.add(key)
+    _PASSED.add(passed)
     return cfg
 
 
@@ -174,16 +174,17 @@ def check_values(cfg: DictConfig) -> DictConfig:
     _check_trainer_values(trainer)
     # The ELBO's terms are known here; another objective's are its own, and Lightning names
     # the logged metrics if a monitor finds none.
-    val_metrics, monitorable = (VAL_METRICS, MONITORABLE) if elbo else (("val/",), ("val/", "train/"))
-    allowed = lambda names: f"allowed: {' | '.join(names)}" + ("" if elbo else " followed by a logged term")
-    _require(
-        typed.optimized_metric.startswith(val_metrics) if not elbo else typed.optimized_metric in val_metrics,
-        "optimized_metric",
-        typed.optimized_metric,
-        allowed(val_metrics),
-    )
-    for key, metric in _callback_monitors(typed.callbacks or {}):
-        _require(metric in monitorable if elbo else metric.startswith(monitorable), key, metric, allowed(monitorable))
+    if elbo:
+        val_metrics, monitorable, suffix = VAL_METRICS, MONITORABLE, ""
+        known = lambda metric, names: metric in names
+    else:  # prefixes: the terms are the objective's own
+        val_metrics, monitorable, suffix = ("val/",), ("val/", "train/"), " followed by a logged term"
+        known = lambda metric, names: metric.startswith(names)
+    for key, metric, names in [
+        ("optimized_metric", typed.optimized_metric, val_metrics),
+        *((key, metric, monitorable) for key, metric in _callback_monitors(typed.callbacks or {})),
+    ]:
+        _require(known(metric, names), key, metric, f"allowed: {' | '.join(names)}{suffix}")
     return typed
 
 
