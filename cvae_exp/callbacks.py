@@ -108,12 +108,19 @@ class ImageLogger(Callback):
             return
         self.logged_step = trainer.global_step
         cvae = pl_module.cvae
-        images, labels = trainer.datamodule.images("val")
+        datamodule = trainer.datamodule
+        labels = datamodule.labels("val")
+        if not cvae.labels_condition:
+            rows = torch.arange(min(self.num_images, len(labels)))
+        else:
+            starts, ends = same_class_pairs(labels, cvae.num_classes)
+            rows = torch.cat([torch.arange(min(self.num_images, len(labels))), starts, ends])
+        images, labels = datamodule.gather("val", rows)  # only the images the grids show
         images, labels = images.to(pl_module.device).float() / 255, labels.to(pl_module.device)
         with torch.random.fork_rng(devices=[pl_module.device] if pl_module.device.type == "cuda" else []):
             if not cvae.labels_condition:  # a task that conditions on an image or on attributes
                 grids = {
-                    "images/completions": visualize.completions(
+                    "samples/completions": visualize.completions(
                         cvae,
                         pl_module.task,
                         images[: self.num_images],
@@ -122,20 +129,21 @@ class ImageLogger(Callback):
                     )
                 }
             else:
-                starts, ends = same_class_pairs(labels, cvae.num_classes)
+                count = len(rows) - 2 * len(starts)
+                starts, ends = torch.arange(count, count + len(starts)), torch.arange(count + len(starts), len(rows))
                 grids = {
-                    "images/samples_by_class": visualize.class_samples(
+                    "samples/samples_by_class": visualize.class_samples(
                         cvae, torch.arange(cvae.num_classes), self.samples_per_class
                     ),
-                    "images/reconstructions": visualize.reconstructions(
+                    "samples/reconstructions": visualize.reconstructions(
                         cvae, images[: self.num_images], labels[: self.num_images]
                     ),
-                    "images/interpolation": visualize.interpolation(
+                    "samples/interpolation": visualize.interpolation(
                         cvae, images[starts], labels[starts], images[ends], labels[ends], self.steps
                     ),
                 }
                 if type(cvae.prior) is StandardPrior:  # one z under every label is a prior draw only there
-                    grids["images/label_swap"] = visualize.label_swap(cvae, self.num_images)
+                    grids["samples/label_swap"] = visualize.label_swap(cvae, self.num_images)
         for writer in writers:
             for tag, grid in grids.items():
                 writer.add_image(tag, grid, trainer.global_step)

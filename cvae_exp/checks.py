@@ -23,6 +23,7 @@ from cvae_exp.schema import (
     BINARIZE_CHOICES,
     ELBO_TARGET,
     GMM_COVARIANCES,
+    IN_MEMORY_CHOICES,
     LIKELIHOODS,
     MONITORABLE,
     PRECISIONS,
@@ -31,6 +32,7 @@ from cvae_exp.schema import (
     VAL_METRICS,
     DataConfig,
     ELBOConfig,
+    OptimConfig,
     TrainConfig,
 )
 
@@ -111,6 +113,7 @@ def check_values(cfg: DictConfig) -> DictConfig:
     and choices, callbacks' monitors. Returns the typed config."""
     try:
         schema = OmegaConf.structured(TrainConfig)
+        schema.optim = OmegaConf.structured(OptimConfig)
         OmegaConf.set_struct(schema.optim, False)  # other torch.optim arguments: +optim.momentum=0.9
         schema.data = OmegaConf.structured(DataConfig)
         OmegaConf.set_struct(schema.data, False)  # a DataModule's own arguments: +data.<key>=...
@@ -140,6 +143,13 @@ def check_values(cfg: DictConfig) -> DictConfig:
         "must be [channels, height, width] of positive integers",
     )
     _require(data.num_classes >= 1, "data.num_classes", data.num_classes, "must be an integer >= 1")
+    _require(
+        data.in_memory in IN_MEMORY_CHOICES,
+        "data.in_memory",
+        data.in_memory,
+        "allowed: auto (in memory where the images take at most a quarter of the free memory) | true | false",
+    )
+    _require(data.num_workers >= 0, "data.num_workers", data.num_workers, "must be an integer >= 0")
     _require(data.attributes >= 0, "data.attributes", data.attributes, "must be an integer >= 0 (0: class labels)")
     _require(model.latent_dim >= 1, "model.latent_dim", model.latent_dim, "must be an integer >= 1 (the size of z)")
     if elbo:  # another objective checks its own arguments when validate() builds it

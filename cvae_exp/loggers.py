@@ -1,6 +1,6 @@
 """Lightning's TensorBoard logger as a sweep needs it (configs/logger/tensorboard.yaml): each
-job's run named by the overrides that vary, those hparams first in the HParams tab, the
-run's metrics before Lightning's counters."""
+job's run named by the overrides that vary, those hparams first in the HParams tab, the losses
+first among the cards and Lightning's counters last."""
 
 import time
 from pathlib import Path
@@ -11,11 +11,23 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from cvae_exp.summary import run_name, sweep_overrides, tensorboard_hparams
 
-# The HParams tab shows the first five metrics by default: the grade and the losses first
-MAIN_METRICS = ("test/score", "test/loss", "test/ssim", "test/mse", "test/fid")
-# Lightning's epoch counter and the learning-rate monitor's lr-<optimizer> go to a group that
-# sorts after train/, val/ and test/: TensorBoard orders cards by tag and opens the first groups
+# TensorBoard orders its cards by tag, so groups are named for the order a user reads them in:
+# the objective's loss of each stage as loss/train, loss/val, loss/test (one card group, first),
+# then the image grids (samples/, cvae_exp/callbacks.py), test/, train/ and val/, and last
+# Lightning's epoch counter and the learning-rate monitor's lr-<optimizer>.
+LOSS_GROUP = "loss"
 TRAINER_GROUP = "z_trainer"
+STAGES = ("train", "val", "test")
+# The HParams tab shows the first five metrics by default: the grade and the losses first
+MAIN_METRICS = ("test/score", f"{LOSS_GROUP}/test", "test/ssim", "test/mse", "test/fid")
+
+
+def tensorboard_tag(key: str) -> str:
+    """The tag a logged metric is shown under in TensorBoard (metrics.json keeps its key)."""
+    if key == "epoch" or key.startswith("lr-"):
+        return f"{TRAINER_GROUP}/{key}"
+    stage, _, name = key.partition("/")
+    return f"{LOSS_GROUP}/{stage}" if name == "loss" and stage in STAGES else key
 
 
 def _kind(value: bool | int | float | str) -> tuple[str, str]:
@@ -41,7 +53,10 @@ def hparams_records(hparams: dict[str, Any], differs: set[str], metrics: list[st
     infos = [
         api_pb2.HParamInfo(name=name, type=_kind(value)[0], differs=name in differs) for name, value in hparams.items()
     ]
-    tags = sorted(metrics, key=lambda tag: MAIN_METRICS.index(tag) if tag in MAIN_METRICS else len(MAIN_METRICS))
+    tags = sorted(
+        map(tensorboard_tag, metrics),
+        key=lambda tag: MAIN_METRICS.index(tag) if tag in MAIN_METRICS else len(MAIN_METRICS),
+    )
     experiment = api_pb2.Experiment(
         hparam_infos=infos,
         metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in tags],
@@ -61,18 +76,14 @@ def hparams_records(hparams: dict[str, Any], differs: set[str], metrics: list[st
 class SweepTensorBoardLogger(TensorBoardLogger):
     """Lightning's TensorBoardLogger for sweeps: a job logs to tensorboard/<run_name>/ (with
     `version` None; a single run to tensorboard/), its HParams records mark the hparams that
-    the sweep varies, and Lightning's counters go under TRAINER_GROUP."""
+    the sweep varies, and metrics are shown under their tensorboard_tag."""
 
     def __init__(self, save_dir: str, version: str | None = None, **kwargs: Any) -> None:
         self.sweep_overrides = sweep_overrides(Path(save_dir))
         super().__init__(save_dir, version=run_name(self.sweep_overrides) if version is None else version, **kwargs)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        moved = {
-            f"{TRAINER_GROUP}/{key}" if key == "epoch" or key.startswith("lr-") else key: value
-            for key, value in metrics.items()
-        }
-        super().log_metrics(moved, step)
+        super().log_metrics({tensorboard_tag(key): value for key, value in metrics.items()}, step)
 
     @rank_zero_only
     def log_hyperparams(self, params: Any, metrics: dict[str, Any] | None = None, step: int | None = None) -> None:

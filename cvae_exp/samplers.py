@@ -162,12 +162,12 @@ def require_applicable(cvae, name: str) -> None:
 
 
 @torch.no_grad()
-def posterior_means(cvae, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """mu of q(z | x, y) for uint8 images, in batches."""
+def posterior_means(cvae, batches) -> torch.Tensor:
+    """mu of q(z | x, y) for batches of (uint8 images, labels)."""
     parameter = next(cvae.encoder.parameters())
     means = [
         cvae.encode(x.to(parameter.device, parameter.dtype) / 255, y.to(parameter.device)).mean.float()
-        for x, y in zip(images.split(batch_size), labels.split(batch_size))
+        for x, y in batches
     ]
     return torch.cat(means)
 
@@ -191,8 +191,9 @@ def fitted_sampler(module, name: str, checkpoint: Path | None, datamodule) -> nn
             if saved["settings"] == sampler.settings:
                 sampler.load_state_dict(saved["state_dict"])
                 return sampler.to(module.device)
-    images, labels = datamodule.images("train")
-    sampler.fit(posterior_means(cvae, images, labels).cpu().clone(), labels.clone())  # clones: not inference tensors
+    labels = datamodule.labels("train")
+    codes = posterior_means(cvae, datamodule.batches("train", 1024))
+    sampler.fit(codes.cpu().clone(), labels.clone())  # clones: not inference tensors
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as temporary:

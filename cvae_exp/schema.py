@@ -1,19 +1,23 @@
 """The typed schema of the training config and the values it allows.
 
-The YAML files in configs/ are the defaults; these dataclasses are the contract that
-OmegaConf checks types against (cvae_exp/checks.py checks ranges and choices). It imports
-only OmegaConf (to register the `${cwd:}` resolver the configs use): every layer may import it.
+These dataclasses are the contract that OmegaConf checks types against (cvae_exp/checks.py
+checks ranges and choices). The YAML files in configs/ hold the defaults, except those of
+EvalConfig and DataConfig, which Hydra's ConfigStore holds as the base of the `eval` and `data`
+nodes, so that each default is written once. It imports only OmegaConf and Hydra's ConfigStore
+(and registers the `${cwd:}` resolver the configs use): every layer may import it.
 """
 
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import OmegaConf
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
 
 LIKELIHOODS = ("gaussian", "bernoulli")
 LOSS_TERMS = ("loss", "recon", "kl")  # the objective's terms, logged under train/, val/, test/
 BINARIZE_CHOICES = ("none", "dynamic", "static")
+IN_MEMORY_CHOICES = ("auto", True, False)
 RECON_Z_CHOICES = ("sample", "mean")
 SAMPLERS = ("prior", "gmm", "flow")  # cvae_exp/samplers.py
 GMM_COVARIANCES = ("full", "diag")
@@ -40,6 +44,13 @@ class DataConfig:
     split_seed: int = 0
     binarize: str = "none"
     attributes: int = 0  # 0: the labels are class numbers; D > 0: each image has D attribute values (task=attributes)
+    in_memory: Any = "auto"  # auto | true | false: batches from tensors on the device, or from a DataLoader
+    num_workers: int = 2  # the DataLoader's worker processes (in_memory false)
+
+
+# The data configs of configs/data/ start from it (`defaults: [schema]`), so that its defaults
+# are written once; a user's own DataModule config need not (checks.py types it either way).
+ConfigStore.instance().store(group="data", name="schema", node=DataConfig)
 
 
 @dataclass
@@ -66,30 +77,38 @@ class ELBOConfig:
 
 @dataclass
 class OptimConfig:
-    _target_: str = "torch.optim.Adam"
-    _partial_: bool = True
-    lr: float = 1e-3
-    weight_decay: float = 0.0
+    """The types of `optim` (its values: configs/train.yaml); other torch.optim arguments are added with +optim.KEY."""
+
+    _target_: str = MISSING
+    _partial_: bool = MISSING
+    lr: float = MISSING
+    weight_decay: float = MISSING
 
 
 @dataclass
 class EvalConfig:
-    val_ssim_images: int = 1000
-    recon_z: str = "sample"
+    """The test stage (the report's grader on the test split) and the validation SSIM: the
+    `eval` node of every config (configs/train.yaml takes it from here)."""
+
+    val_ssim_images: int = 1000  # val/ssim (every epoch) is over the first N validation images (0: none)
+    recon_z: str = "sample"  # sample (the lab's forward pass) | mean (decode the posterior mean)
     samples_per_class: int = 1000
-    save_images: bool = False
-    nll_samples: int = 0
-    sampler: str = "prior"  # where generated images draw z from (cvae_exp/samplers.py)
-    classifier_metrics: bool = (
-        True  # test/sample_accuracy, classifier_fid, sample_precision and sample_recall (cvae_exp/classifier.py)
-    )
-    classifier_dir: str = (
-        "${oc.env:CVAE_EXP_CACHE,'~/.cache/cvae_exp'}/classifiers"  # where the dataset classifiers are cached
-    )
-    gmm_components: int = 10  # eval.sampler=gmm: Gaussians per class
-    gmm_covariance: str = "full"
-    flow_layers: int = 6  # eval.sampler=flow: coupling layers
-    flow_steps: int = 3000  # and its training minibatches
+    save_images: bool = False  # also write recon/recon_{i}.png and gen/<label>/<i>.png for external graders
+    nll_samples: int = 0  # K > 0: test/nll, -log p(x|c) from K importance samples, beside test/neg_elbo
+    # where generated images draw z from: prior (p(z|c), the lab's protocol) | gmm | flow (fitted per
+    # class to the training split's posterior means after training, saved in samplers/); cvae_exp/samplers.py
+    sampler: str = "prior"
+    # test/sample_accuracy (of class-conditional samples), classifier_fid, sample_precision and
+    # sample_recall, by a CNN trained on the dataset once and cached in classifier_dir (cvae_exp/classifier.py)
+    classifier_metrics: bool = True
+    classifier_dir: str = "${paths.cache_dir}/classifiers"
+    gmm_components: int = 10  # sampler=gmm: Gaussians per class
+    gmm_covariance: str = "full"  # full | diag
+    flow_layers: int = 6  # sampler=flow: coupling layers of the class-conditional RealNVP
+    flow_steps: int = 3000  # and its training minibatches (512 codes each)
+
+
+ConfigStore.instance().store(group="eval", name="default", node=EvalConfig)
 
 
 @dataclass
@@ -98,6 +117,7 @@ class PathsConfig:
     data_dir: str
     log_dir: str
     output_dir: str
+    cache_dir: str
 
 
 @dataclass
@@ -107,12 +127,12 @@ class TrainConfig:
     conditioning: dict[str, Any]
     trainer: dict[str, Any]
     paths: PathsConfig
+    optim: OptimConfig
     task: dict[str, Any] | None = None  # None: the label task (configs/task/label.yaml)
     prior: dict[str, Any] | None = None  # None: N(0, I) (configs/prior/standard.yaml)
     scheduler: dict[str, Any] | None = None  # None: a constant learning rate (configs/scheduler/)
     loss: Any = None  # ELBOConfig for loss=elbo (checks.py types it); another objective's node is its own
     module: Any = None  # configs/module/: the LightningModule's _target_ and its own keys
-    optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     callbacks: dict[str, Any] | None = None
     logger: dict[str, Any] | None = None

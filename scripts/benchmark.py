@@ -138,7 +138,7 @@ def benchmark(overrides: list[str], real: bool, root: Path, args, device: torch.
         cfg = validate(compose_train(overrides, run_dir))
         datamodule = instantiate(cfg.data)
         datamodule.setup()
-        images, labels = datamodule.splits["train"]  # the framework's 50k training images, for every path
+        images, labels = datamodule.images("train")  # the framework's 50k training images, for every path
         batch_size, limit = cfg.data.batch_size, args.limit_batches
         pipeline_data = (
             Subset(datasets.MNIST(root, train=True, download=True, transform=ToTensor()), range(len(labels)))

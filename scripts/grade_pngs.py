@@ -40,7 +40,7 @@ def grade(run: Path, data_root: str | None) -> dict[str, float]:
     ]  # the run's data and latent size
     datamodule = instantiate(dict(hparams["data"], **({"root": data_root} if data_root else {})))
     datamodule.setup("test")
-    images, labels = (tensor.numpy() for tensor in datamodule.splits["test"])
+    images, labels = (tensor.numpy() for tensor in datamodule.images("test"))
     originals = images[:, 0]  # one channel: the lab's grayscale digits
     reconstructions = np.stack([read_png(run / "recon" / f"recon_{index}.png") for index in range(len(originals))])
     ssim = float(np.mean([structural_similarity(o, r, data_range=255) for o, r in zip(originals, reconstructions)]))

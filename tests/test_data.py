@@ -29,15 +29,15 @@ def digits_module(**overrides) -> TensorDataModule:
 
 def test_digits_are_upsampled_uint8_with_a_fixed_disjoint_split():
     module = digits_module()
-    sizes = {name: len(labels) for name, (_, labels) in module.splits.items()}
+    sizes = {name: len(module.labels(name)) for name in module.splits}
     assert sizes == {"train": 1200, "val": 300, "test": 297}
-    images, labels = module.splits["train"]
+    images, labels = module.images("train")
     assert images.dtype == torch.uint8 and images.shape[1:] == (1, 28, 28)
     assert images.max() == 255 and images.min() == 0
     assert set(labels.tolist()) == set(range(10))
     again = digits_module()
-    assert all(torch.equal(module.splits[s][0], again.splits[s][0]) for s in module.splits)
-    flat = {name: {tuple(row) for row in images.flatten(1).tolist()} for name, (images, _) in module.splits.items()}
+    assert all(torch.equal(module.images(s)[0], again.images(s)[0]) for s in module.splits)
+    flat = {name: {tuple(row) for row in module.images(name)[0].flatten(1).tolist()} for name in module.splits}
     assert not flat["train"] & flat["test"] and not flat["val"] & flat["test"]
 
 
@@ -83,14 +83,14 @@ def test_dynamic_binarisation_draws_each_training_epoch_anew_and_held_out_images
         held_out, _ = next(iter(getattr(module, f"{split}_dataloader")()))
         again, _ = next(iter(getattr(digits_module(binarize="dynamic"), f"{split}_dataloader")()))
         assert set(held_out.unique().tolist()) <= {0.0, 1.0} and torch.equal(held_out, again)
-    assert not torch.equal(module.splits["train"][0], digits_module(binarize="static").splits["train"][0])
+    assert not torch.equal(module.images("train")[0], digits_module(binarize="static").images("train")[0])
 
 
 def test_static_binarisation_is_fixed():
     first, second = digits_module(binarize="static"), digits_module(binarize="static")
-    images = first.splits["train"][0]
+    images = first.images("train")[0]
     assert set(images.unique().tolist()) == {0, 255}
-    assert torch.equal(images, second.splits["train"][0])
+    assert torch.equal(images, second.images("train")[0])
 
 
 def test_mismatched_shape_classes_and_bad_val_size_are_refused():
@@ -116,3 +116,41 @@ def test_offline_without_files_says_where_to_put_them(tmp_path, monkeypatch):
 def test_splits_are_tensors_not_pil():
     data = load_digits(root=None)
     assert isinstance(data, ImageSplits) and data.train_images.is_contiguous()
+
+
+@pytest.mark.parametrize("binarize", ["none", "static", "dynamic"])
+def test_the_dataloader_path_serves_the_in_memory_paths_batches(binarize):
+    """data.in_memory=false: the same rows in the same order, uint8 until the device, where
+    on_after_batch_transfer scales them (and draws training batches anew under dynamic)."""
+    fast, streamed = digits_module(binarize=binarize), digits_module(binarize=binarize, in_memory=False, num_workers=0)
+    assert fast.in_memory is True and streamed.in_memory is False
+    for split in ("train", "val", "test"):
+        expected = list(getattr(fast, f"{split}_dataloader")())
+        served = [streamed.on_after_batch_transfer(batch, 0) for batch in getattr(streamed, f"{split}_dataloader")()]
+        assert len(expected) == len(served) == len(getattr(streamed, f"{split}_dataloader")())
+        for (x, y), (x_served, y_served) in zip(expected, served):
+            assert torch.equal(y, y_served) and x.dtype == x_served.dtype == torch.float32
+            if binarize == "none":
+                assert torch.equal(x, x_served)
+            elif not (binarize == "dynamic" and split == "train"):  # (drawn anew in training, on both paths)
+                assert set(x_served.unique().tolist()) <= {0.0, 1.0}  # binarised once, per image by its position
+    if binarize == "static":
+        first, again = streamed.images("val", 40)[0], streamed.gather("val", torch.arange(40))[0]
+        assert torch.equal(first, again) and torch.equal(first, next(iter(streamed.val_dataloader()))[0][:40])
+
+
+def test_the_consumer_protocol_is_the_same_on_both_paths():
+    fast, streamed = digits_module(), digits_module(in_memory=False)
+    rows = torch.tensor([5, 0, 296])
+    for split in ("train", "val", "test"):
+        assert torch.equal(fast.labels(split), streamed.labels(split))
+        assert all(torch.equal(a, b) for a, b in zip(fast.images(split, 7), streamed.images(split, 7)))
+        assert all(torch.equal(a, b) for a, b in zip(fast.gather(split, rows), streamed.gather(split, rows)))
+        whole = [torch.cat(parts) for parts in zip(*streamed.batches(split, 128))]
+        assert all(torch.equal(a, b) for a, b in zip(whole, fast.images(split)))
+
+
+def test_in_memory_auto_holds_data_that_fits_and_streams_what_does_not(monkeypatch):
+    assert digits_module(in_memory="auto").in_memory is True
+    monkeypatch.setattr("os.sysconf", lambda name: 1024 if name == "SC_AVPHYS_PAGES" else 4096)  # 4 MiB free
+    assert digits_module(in_memory="auto").in_memory is False  # 1797 images of 784 bytes > 1 MiB

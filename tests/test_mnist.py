@@ -18,9 +18,9 @@ def test_mnist_loads_offline_with_the_protocol_split(mnist_root):
         val_size=10000,
     )
     module.setup()
-    sizes = {name: len(labels) for name, (_, labels) in module.splits.items()}
+    sizes = {name: len(module.labels(name)) for name in module.splits}
     assert sizes == {"train": 50000, "val": 10000, "test": 10000}
-    images, labels = module.splits["test"]
+    images, labels = module.images("test")
     assert images.dtype == torch.uint8 and labels.bincount().tolist()[:2] == [980, 1135]
     x, _ = next(iter(module.train_dataloader()))
     assert x.shape == (1024, 1, 28, 28) and 0.0 <= x.min() and x.max() <= 1.0

@@ -252,7 +252,7 @@ def test_val_ssim_is_the_graders_ssim_over_the_first_images(tmp_path, monkeypatc
         default_root_dir=tmp_path,
     )
     (metrics,) = trainer.validate(module, datamodule=data, verbose=False)
-    images = data.splits["val"][0].float() / 255
+    images = data.images("val")[0].float() / 255
     expected_ssim = (
         ssim_per_image(quantize_uint8(images[:graded]), quantize_uint8(images[:graded].sqrt())).mean().item()
     )

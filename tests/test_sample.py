@@ -27,7 +27,10 @@ LATENT_DIM = 4
 
 
 def config(group: str, name: str, overrides=None) -> dict:
-    return OmegaConf.to_container(OmegaConf.merge(OmegaConf.load(CONFIGS / group / f"{name}.yaml"), overrides or {}))
+    """An option's own keys (a data config's `defaults: [schema]` fills the rest from the DataModule's defaults)."""
+    loaded = OmegaConf.load(CONFIGS / group / f"{name}.yaml")
+    loaded.pop("defaults", None)
+    return OmegaConf.to_container(OmegaConf.merge(loaded, overrides or {}))
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from scipy.spatial.distance import cdist
 
 from cvae_exp import classifier as classifier_module
 from cvae_exp.classifier import Classifier, accuracy, classifier_metrics, load_or_train, precision_recall
+from cvae_exp.data.batches import Split
 from cvae_exp.samplers import FlowSampler, GaussianMixtureSampler
 
 
@@ -146,11 +147,11 @@ def test_a_cached_classifier_serves_only_the_data_it_was_trained_for(tmp_path, c
     written = Path(first["path"]).stat().st_mtime_ns
     _, again = load_or_train(datamodule, str(tmp_path))
     assert again == first and Path(first["path"]).stat().st_mtime_ns == written
-    images, labels = datamodule.splits["test"]
-    datamodule.splits["test"] = (255 - images, labels)
+    images, labels = datamodule.images("test")
+    datamodule.splits["test"] = Split(255 - images, labels)
     _, other = load_or_train(datamodule, str(tmp_path))
     assert other["path"] != first["path"] and Path(other["path"]).is_file()
-    datamodule.splits["test"] = (images, labels)
+    datamodule.splits["test"] = Split(images, labels)
     _, back = load_or_train(datamodule, str(tmp_path))
     assert back == first and Path(first["path"]).stat().st_mtime_ns == written
 
@@ -163,7 +164,7 @@ def test_the_cached_test_reference_gives_the_metrics_computed_without_it(tmp_pat
     monkeypatch.setattr(classifier_module, "CLASSIFIER_STEPS", 5)
     datamodule = instantiate(compose_train(["data=digits"]).data)
     classifier, record = load_or_train(datamodule, str(tmp_path))
-    test_images, _ = datamodule.splits["test"]
+    test_images, _ = datamodule.images("test")
     generated = uint8_images(len(test_images), 9) // 3
     labels = torch.arange(len(test_images)) % 10
     cached = classifier_metrics(classifier, test_images, generated, labels)

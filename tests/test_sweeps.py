@@ -106,7 +106,7 @@ def test_tensorboard_holds_image_grids_and_the_hparams_with_final_test_metrics(t
     metric_tags = {info.name.tag for info in experiment.metric_infos}
     assert {"test/score", "test/ssim", "test/fid"} <= metric_tags and "hp_metric" not in metric_tags
     assert "hp_metric" not in events.Tags()["scalars"]
-    images = {"images/samples_by_class", "images/reconstructions", "images/label_swap", "images/interpolation"}
+    images = {"samples/samples_by_class", "samples/reconstructions", "samples/label_swap", "samples/interpolation"}
     assert images <= set(events.Tags()["images"])
-    grid = events.Images("images/samples_by_class")[-1]
+    grid = events.Images("samples/samples_by_class")[-1]
     assert (grid.height, grid.width) == (10 * 30 + 2, 8 * 30 + 2)  # one row per class, 8 samples, 2 px padding

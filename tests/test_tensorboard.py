@@ -76,11 +76,14 @@ def test_the_hparams_records_mark_the_varied_hparams_and_list_the_main_metrics_f
     hparams = {"latent_dim": 8, "seed": 1, "data": "digits", "deterministic": False}
     experiment, start, end = (
         plugin_data_pb2.HParamsPluginData.FromString(record.value[0].metadata.plugin_data.content)
-        for record in hparams_records(hparams, {"latent_dim", "seed"}, ["test/kl", "test/fid", "test/score"])
+        for record in hparams_records(
+            hparams, {"latent_dim", "seed"}, ["test/kl", "test/fid", "test/loss", "test/score"]
+        )
     )
     infos = experiment.experiment.hparam_infos
     assert [(i.name, i.differs) for i in infos] == [("latent_dim", 1), ("seed", 1), ("data", 0), ("deterministic", 0)]
-    assert [m.name.tag for m in experiment.experiment.metric_infos] == ["test/score", "test/fid", "test/kl"]
+    tags = [m.name.tag for m in experiment.experiment.metric_infos]
+    assert tags == ["test/score", "loss/test", "test/fid", "test/kl"]  # as TensorBoard shows them (tensorboard_tag)
     values = start.session_start_info.hparams
     assert values["latent_dim"].number_value == 8 and values["data"].string_value == "digits"
     assert values["deterministic"].HasField("bool_value") and start.session_start_info.group_name == ""
@@ -97,19 +100,25 @@ def fake_sweep_job(sweep: Path, number: int, job: list[str]) -> Path:
     return run
 
 
-def test_the_logger_of_a_sweep_job_logs_to_its_name_and_puts_lightnings_counters_last(tmp_path):
+def test_the_logger_of_a_sweep_job_logs_to_its_name_with_the_losses_first_and_lightnings_counters_last(tmp_path):
     run = fake_sweep_job(tmp_path / "sweep", 0, JOB)
     assert sweep_overrides(run) == ["model.latent_dim=8", "seed=1"]  # a resumed job reads the same files
     assert sweep_overrides(tmp_path) == []  # a single run (no .hydra, no Hydra running)
     logger = SweepTensorBoardLogger(str(run), name="tensorboard", default_hp_metric=False)
     assert Path(logger.log_dir) == run / "tensorboard" / "model.latent_dim=8,seed=1"
     assert type(pickle.loads(pickle.dumps(logger))) is SweepTensorBoardLogger  # as a spawned process gets it
-    logger.log_metrics({"epoch": 0, "lr-Adam": 1e-3, "train/loss": 2.0}, step=1)
+    logger.log_metrics({"epoch": 0, "lr-Adam": 1e-3, "train/loss": 2.0, "train/kl": 1.0, "val/mse": 0.1}, step=1)
     logger.log_hyperparams({"data": "digits", "latent_dim": 8, "seed": 1}, metrics={"test/score": 0.5})
     logger.finalize("success")
     events = EventAccumulator(logger.log_dir)
     events.Reload()
-    assert set(events.Tags()["scalars"]) == {"train/loss", f"{TRAINER_GROUP}/epoch", f"{TRAINER_GROUP}/lr-Adam"}
+    assert set(events.Tags()["scalars"]) == {
+        "loss/train",
+        "train/kl",
+        "val/mse",
+        f"{TRAINER_GROUP}/epoch",
+        f"{TRAINER_GROUP}/lr-Adam",
+    }
     content = events.PluginTagToContent("hparams")
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     assert [(i.name, i.differs) for i in experiment.hparam_infos] == [("latent_dim", 1), ("seed", 1), ("data", 0)]
@@ -242,18 +251,20 @@ def test_the_dashboard_of_a_sweep_names_runs_by_their_overrides_and_shows_the_va
     infos = experiment["hparamInfos"]
     assert [(info["name"], info["differs"]) for info in infos[:2]] == [("latent_dim", True), ("seed", True)]
     assert not any(info["differs"] for info in infos[2:])  # the dashboard ticks the first five: these two first
-    assert [m["name"]["tag"] for m in experiment["metricInfos"][:2]] == ["test/score", "test/loss"]
+    assert [m["name"]["tag"] for m in experiment["metricInfos"][:2]] == ["test/score", "loss/test"]
     tags = fetch(f"{url}/data/plugin/scalars/tags")
     for run in expected:
-        assert {"train/loss", "val/loss", f"{TRAINER_GROUP}/epoch"} <= set(tags[run]) and "epoch" not in tags[run]
+        assert {"loss/train", "loss/val", "loss/test", f"{TRAINER_GROUP}/epoch"} <= set(tags[run])
+        assert "epoch" not in tags[run] and "train/loss" not in tags[run]
 
     # What a user sees: the Time Series page (TensorBoard's first) lists the runs by name and its
-    # card groups in TensorBoard's order, by tag, with Lightning's counters last
+    # card groups in TensorBoard's order, by tag: the losses first, Lightning's counters last
     page = chromium(f"{url}/#timeseries", ["--dump-dom"], tmp_path / "profile-timeseries")
     for run in expected:
         assert run in page, run
     groups = re.findall(r'class="group-title" title="([^"]+)"', page)
-    assert groups[-1] == TRAINER_GROUP and {"train", "val", "test"} <= set(groups[:-1]), groups
+    assert groups[0] == "loss" and groups[-1] == TRAINER_GROUP, groups
+    assert {"samples", "train", "val", "test"} <= set(groups[1:-1]), groups
     assert "epoch" not in groups
     # The HParams tab draws in shadow DOM, out of reach of --dump-dom: one screenshot to look at
     screenshot = tmp_path / "hparams.png"

@@ -54,21 +54,21 @@ def test_two_epochs_write_checkpoints_events_and_metrics_then_resume(tmp_path):
     events.Reload()
     scalars = set(events.Tags()["scalars"])
     expected = {
-        "train/loss",
+        "loss/train",  # train/loss, shown first (cvae_exp/loggers.py: tensorboard_tag)
         "train/recon",
         "train/kl",
         "train/beta",
-        "val/loss",
+        "loss/val",
         "val/recon",
         "val/kl",
         "val/mse",
         "val/ssim",
     }
     assert expected <= scalars, expected - scalars
-    assert len(events.Scalars("val/loss")) == 2
-    best_epoch = min(events.Scalars("val/loss"), key=lambda event: event.value)  # what the best checkpoint holds
-    for name in ("loss", "ssim", "mse"):
-        logged = next(e.value for e in events.Scalars(f"val/{name}") if e.step == best_epoch.step)
+    assert len(events.Scalars("loss/val")) == 2
+    best_epoch = min(events.Scalars("loss/val"), key=lambda event: event.value)  # what the best checkpoint holds
+    for name, tag in (("loss", "loss/val"), ("ssim", "val/ssim"), ("mse", "val/mse")):
+        logged = next(e.value for e in events.Scalars(tag) if e.step == best_epoch.step)
         assert metrics["val"][name] == pytest.approx(logged, rel=1e-6), name
 
     result = run_cli(str(run), "--recon-z", "mean", "--samples-per-class", "20", cwd=tmp_path, tool="eval")

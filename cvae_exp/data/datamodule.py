@@ -9,16 +9,19 @@ sets, which the dataset classifier trains and is tested on); and the attributes 
 `image_shape`, `num_classes` and `batch_size`.
 """
 
-from collections.abc import Callable
+import math
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import lightning as L
 import torch
+from torch.utils.data import DataLoader
 
-from cvae_exp.data.batches import TensorBatches
+from cvae_exp.data.batches import BatchOrder, Split, SplitRows, TensorBatches, bernoulli_uint8
 from cvae_exp.data.sources import ImageSplits
 from cvae_exp.errors import UserInputError
-from cvae_exp.schema import BINARIZE_CHOICES
+from cvae_exp.schema import BINARIZE_CHOICES, DataConfig
 
 
 class TensorDataModule(L.LightningDataModule):
@@ -37,9 +40,11 @@ class TensorDataModule(L.LightningDataModule):
         num_classes: int,
         batch_size: int,
         val_size: int,
-        split_seed: int = 0,
-        binarize: str = "none",
-        attributes: int = 0,
+        split_seed: int = DataConfig.split_seed,
+        binarize: str = DataConfig.binarize,
+        attributes: int = DataConfig.attributes,
+        in_memory: bool | str = DataConfig.in_memory,
+        num_workers: int = DataConfig.num_workers,
     ):
         super().__init__()
         if binarize not in BINARIZE_CHOICES:
@@ -47,8 +52,8 @@ class TensorDataModule(L.LightningDataModule):
         self.name, self.source, self.root = name, source, Path(root)
         self.image_shape, self.num_classes = tuple(image_shape), num_classes
         self.batch_size, self.val_size, self.split_seed, self.binarize = batch_size, val_size, split_seed, binarize
-        self.attributes = attributes
-        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.attributes, self.in_memory, self.num_workers = attributes, in_memory, num_workers
+        self.splits: dict[str, Split] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -58,25 +63,60 @@ class TensorDataModule(L.LightningDataModule):
         generator = torch.Generator().manual_seed(self.split_seed)
         order = torch.randperm(len(data.train_labels), generator=generator)
         val, train = order[: self.val_size], order[self.val_size :]
+        self.in_memory = self._fits(data) if self.in_memory == "auto" else self.in_memory
+        if not self.in_memory:  # positions into the (memory-mapped) images: nothing is copied
+            self.splits = {
+                "train": Split(data.train_images, data.train_labels[train], train),
+                "val": Split(data.train_images, data.train_labels[val], val),
+                "test": Split(data.test_images, data.test_labels),
+            }
+            return
         splits = {
             "train": (data.train_images[train], data.train_labels[train]),
             "val": (data.train_images[val], data.train_labels[val]),
-            "test": (data.test_images, data.test_labels),
+            "test": (data.test_images[:], data.test_labels),
         }
         # static: every split binarised once; dynamic: training batches drawn anew (TensorBatches),
         # validation and test binarised once, so that their likelihoods are of binary data.
-        held_out = {"static": splits.keys(), "dynamic": ("val", "test")}.get(self.binarize, ())
-        splits = {
-            name: (_bernoulli_uint8(images, generator) if name in held_out else images, labels)
+        self.splits = {
+            name: Split(bernoulli_uint8(images, generator) if name in self._binarised_once() else images, labels)
             for name, (images, labels) in splits.items()
         }
-        self.splits = splits
+
+    def _binarised_once(self) -> tuple[str, ...]:
+        return {"static": ("train", "val", "test"), "dynamic": ("val", "test")}.get(self.binarize, ())
+
+    def _fits(self, data: ImageSplits) -> bool:
+        """Whether the images take at most a quarter of the memory available now (and of the
+        GPU's free memory when training on one): data.in_memory=auto."""
+        size = sum(math.prod(images.shape) for images in (data.train_images, data.test_images))
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        if self.trainer is not None and self.trainer.strategy.root_device.type == "cuda":
+            available = min(available, torch.cuda.mem_get_info(self.trainer.strategy.root_device)[0])
+        return size <= available // 4
 
     def images(self, split: str, count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The first `count` uint8 images of `split` (train, val or test; all with None) and their labels."""
+        return self.gather(split, slice(count))
+
+    def gather(self, split: str, index: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """The uint8 images of `split` at `index` (positions in the split) and their labels."""
         self.setup()
-        images, labels = self.splits[split]
-        return images[:count], labels[:count]
+        data = self.splits[split]
+        if self.in_memory or split not in self._binarised_once():
+            return data.gather(index), data.labels[index]
+        return SplitRows(data, self._binarize_seed(split))[torch.arange(len(data))[index]]
+
+    def labels(self, split: str) -> torch.Tensor:
+        """Every label (or attribute vector) of `split`: small, always in memory."""
+        self.setup()
+        return self.splits[split].labels
+
+    def batches(self, split: str, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The uint8 images of `split` with their labels, in order, `batch_size` at a time: for
+        a consumer that reads a whole split without holding it."""
+        for start in range(0, len(self.labels(split)), batch_size):
+            yield self.gather(split, slice(start, start + batch_size))
 
     def source_splits(self) -> ImageSplits:
         return self.source(root=self.root)
@@ -118,8 +158,10 @@ class TensorDataModule(L.LightningDataModule):
                 f"{count - 1}."
             )
 
-    def _batches(self, split: str, shuffle: bool = False) -> TensorBatches:
-        images, labels = self.splits[split]
+    def _binarize_seed(self, split: str) -> int:
+        return self.split_seed * 1_000_003 + ("train", "val", "test").index(split) * 100_000_007
+
+    def _batches(self, split: str, shuffle: bool = False) -> TensorBatches | DataLoader:
         device, rank, world_size, current_epoch = torch.device("cpu"), 0, 1, lambda: 0
         if self.trainer is not None:
             device, rank, world_size = (
@@ -128,28 +170,49 @@ class TensorDataModule(L.LightningDataModule):
                 self.trainer.world_size,
             )
             current_epoch = lambda: self.trainer.current_epoch  # read when an epoch's iteration starts
-        return TensorBatches(
-            images.to(device),
-            labels.to(device),
-            self.batch_size,
-            shuffle=shuffle,
-            seed=torch.initial_seed(),
-            dynamic_binarize=shuffle and self.binarize == "dynamic",
-            rank=rank,
-            world_size=world_size,
-            current_epoch=current_epoch,
+        data = self.splits[split]
+        if self.in_memory:
+            return TensorBatches(
+                data.images.to(device),
+                data.labels.to(device),
+                self.batch_size,
+                shuffle=shuffle,
+                seed=torch.initial_seed(),
+                dynamic_binarize=shuffle and self.binarize == "dynamic",
+                rank=rank,
+                world_size=world_size,
+                current_epoch=current_epoch,
+            )
+        order = BatchOrder(len(data), self.batch_size, shuffle, torch.initial_seed(), rank, world_size, current_epoch)
+        seed = self._binarize_seed(split) if split in self._binarised_once() else None
+        return DataLoader(
+            SplitRows(data, seed),
+            sampler=order,
+            batch_size=None,  # each item of SplitRows is a whole batch
+            num_workers=self.num_workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=self.num_workers > 0,
+            # the workers' base seed from a generator of its own, not the global one that the model
+            # samples z from: a run draws the same noise on both paths
+            generator=torch.Generator(),
         )
 
-    def train_dataloader(self) -> TensorBatches:
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """A DataLoader's uint8 batch, on the device: to [0, 1], and drawn anew from its pixels
+        for data.binarize=dynamic in training. (TensorBatches' batches arrive ready.)"""
+        images, labels = batch
+        if images.dtype != torch.uint8:
+            return batch
+        images = images.float().div_(255.0)
+        if self.binarize == "dynamic" and self.trainer is not None and self.trainer.training:
+            images = torch.bernoulli(images)
+        return images, labels
+
+    def train_dataloader(self) -> TensorBatches | DataLoader:
         return self._batches("train", shuffle=True)
 
-    def val_dataloader(self) -> TensorBatches:
+    def val_dataloader(self) -> TensorBatches | DataLoader:
         return self._batches("val")
 
-    def test_dataloader(self) -> TensorBatches:
+    def test_dataloader(self) -> TensorBatches | DataLoader:
         return self._batches("test")
-
-
-def _bernoulli_uint8(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    probabilities = images.float() / 255.0
-    return (torch.rand(probabilities.shape, generator=generator) < probabilities).to(torch.uint8) * 255
