@@ -132,7 +132,12 @@ def check_values(cfg: DictConfig) -> DictConfig:
     data, model, loss, optim, trainer = typed.data, typed.model, typed.loss, typed.optim, typed.trainer
     _require(typed.seed >= 0, "seed", typed.seed, "must be an integer >= 0")
     _require(data.batch_size >= 1, "data.batch_size", data.batch_size, "must be an integer >= 1")
-    _require(data.val_size >= 1, "data.val_size", data.val_size, "must be an integer >= 1")
+    _require(
+        data.val_size >= 0,
+        "data.val_size",
+        data.val_size,
+        "must be an integer >= 1 (0 for a dataset with a validation set of its own, such as CelebA)",
+    )
     _require(
         data.binarize in BINARIZE_CHOICES, "data.binarize", data.binarize, f"allowed: {' | '.join(BINARIZE_CHOICES)}"
     )
@@ -142,7 +147,12 @@ def check_values(cfg: DictConfig) -> DictConfig:
         list(data.image_shape),
         "must be [channels, height, width] of positive integers",
     )
-    _require(data.num_classes >= 1, "data.num_classes", data.num_classes, "must be an integer >= 1")
+    _require(
+        data.num_classes >= 1 or (data.num_classes == 0 and data.attributes > 0),
+        "data.num_classes",
+        data.num_classes,
+        "must be an integer >= 1 (0 for a dataset whose labels are attribute vectors, data.attributes > 0)",
+    )
     _require(
         data.in_memory in IN_MEMORY_CHOICES,
         "data.in_memory",

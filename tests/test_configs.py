@@ -37,6 +37,11 @@ COMPANIONS = {
     ("task", "attributes"): ["data=digit_attributes"],
     ("data", "digit_attributes"): ["task=attributes"],
     ("data", "image_folder"): ["data.source.path=pets", "data.num_classes=2", "data.val_size=10"],  # its ??? keys
+    ("data", "arrays"): ["data.source.path=a.npz", "data.image_shape=[1,8,8]", "data.num_classes=2", "data.val_size=2"],
+    ("data", "celeba"): ["task=attributes"],
+    ("data", "coloured_mnist"): ["task=attributes"],
+    ("data", "dsprites"): ["task=attributes"],
+    ("experiment", "celeba64_cvae"): [],
 }
 
 

@@ -30,7 +30,7 @@ from cvae_exp.errors import UserInputError
 log = logging.getLogger(__name__)
 
 FORMAT = 1
-SPLITS = ("train", "test")
+SPLITS = ("train", "test", "val")  # val: only where the dataset has an official one
 CHUNK = 1 << 24  # bytes read at a time for the CRC-32s
 
 # What a decoder yields: (split, uint8 images (n, C, H, W), labels (n,) or attribute vectors (n, D))
@@ -66,9 +66,8 @@ def _open(path: Path) -> ImageSplits:
     manifest = json.loads((path / "manifest.json").read_text())
     if manifest.get("format") != FORMAT:
         raise ValueError(f"format {manifest.get('format')}, not {FORMAT}")
-    arrays = []
-    for split in SPLITS:
-        entry = manifest["splits"][split]
+    arrays = {}
+    for split, entry in manifest["splits"].items():
         images, labels = path / f"{split}.images", path / f"{split}.labels.npy"
         expected = int(np.prod(entry["shape"]))
         if images.stat().st_size != expected:
@@ -76,8 +75,9 @@ def _open(path: Path) -> ImageSplits:
         for file, crc in ((images, entry["images_crc32"]), (labels, entry["labels_crc32"])):
             if _crc32(file) != crc:
                 raise ValueError(f"{file.name} does not match its CRC-32")
-        arrays += [MappedImages(str(images), entry["shape"]), torch.from_numpy(np.load(labels))]
-    return ImageSplits(*arrays)
+        arrays[f"{split}_images"] = MappedImages(str(images), entry["shape"])
+        arrays[f"{split}_labels"] = torch.from_numpy(np.load(labels))
+    return ImageSplits(**arrays)
 
 
 def _write(path: Path, key: dict, decode: Callable[[], Chunks]) -> None:
@@ -85,7 +85,7 @@ def _write(path: Path, key: dict, decode: Callable[[], Chunks]) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         temporary.mkdir(parents=True)
-        files = {split: open(temporary / f"{split}.images", "wb") for split in SPLITS}
+        files = {}
         shapes: dict[str, list[int]] = {}
         labels: dict[str, list[torch.Tensor]] = {split: [] for split in SPLITS}
         try:
@@ -95,6 +95,8 @@ def _write(path: Path, key: dict, decode: Callable[[], Chunks]) -> None:
                     raise ValueError(
                         f"decoded {split} images are {images.dtype} {tuple(images.shape)}, not uint8 (N, C, H, W)"
                     )
+                if split not in SPLITS:
+                    raise ValueError(f"decoded images of a split {split!r}, not one of {SPLITS}")
                 shape = shapes.setdefault(split, [0, *images.shape[1:]])
                 if list(images.shape[1:]) != shape[1:]:
                     raise UserInputError(
@@ -102,6 +104,8 @@ def _write(path: Path, key: dict, decode: Callable[[], Chunks]) -> None:
                         f"({shape[1:]} and {list(images.shape[1:])}); "
                         "resize them to one size (the dataset's image_size setting)."
                     )
+                if split not in files:
+                    files[split] = open(temporary / f"{split}.images", "wb")
                 files[split].write(images.numpy().tobytes())
                 shape[0] += len(images)
                 labels[split].append(split_labels)
@@ -109,9 +113,10 @@ def _write(path: Path, key: dict, decode: Callable[[], Chunks]) -> None:
             for file in files.values():
                 file.close()
         manifest = {"format": FORMAT, "key": key, "splits": {}}
-        for split in SPLITS:
+        for split in ("train", "test"):
             if split not in shapes:
                 raise UserInputError(f"{path.name.rsplit('-', 1)[0]} has no {split} images.")
+        for split in shapes:
             np.save(temporary / f"{split}.labels.npy", torch.cat(labels[split]).numpy())
             manifest["splits"][split] = {
                 "shape": shapes[split],

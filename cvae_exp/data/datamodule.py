@@ -61,20 +61,26 @@ class TensorDataModule(L.LightningDataModule):
         data = self.source(root=self.root)
         self._check(data)
         generator = torch.Generator().manual_seed(self.split_seed)
-        order = torch.randperm(len(data.train_labels), generator=generator)
-        val, train = order[: self.val_size], order[self.val_size :]
+        if data.val_images is None:  # validation images held out from the training set
+            order = torch.randperm(len(data.train_labels), generator=generator)
+            val, train = order[: self.val_size], order[self.val_size :]
+            sources = {"train": (data.train_images, train), "val": (data.train_images, val)}
+        else:  # the dataset's own validation set
+            sources = {"train": (data.train_images, None), "val": (data.val_images, None)}
+        labels = {"train": data.train_labels, "val": data.train_labels, "test": data.test_labels}
+        if data.val_images is not None:
+            labels["val"] = data.val_labels
+        sources["test"] = (data.test_images, None)
         self.in_memory = self._fits(data) if self.in_memory == "auto" else self.in_memory
         if not self.in_memory:  # positions into the (memory-mapped) images: nothing is copied
             self.splits = {
-                "train": Split(data.train_images, data.train_labels[train], train),
-                "val": Split(data.train_images, data.train_labels[val], val),
-                "test": Split(data.test_images, data.test_labels),
+                name: Split(images, labels[name] if rows is None else labels[name][rows], rows)
+                for name, (images, rows) in sources.items()
             }
             return
         splits = {
-            "train": (data.train_images[train], data.train_labels[train]),
-            "val": (data.train_images[val], data.train_labels[val]),
-            "test": (data.test_images[:], data.test_labels),
+            name: (images[:] if rows is None else images[rows], labels[name] if rows is None else labels[name][rows])
+            for name, (images, rows) in sources.items()
         }
         # static: every split binarised once; dynamic: training batches drawn anew (TensorBatches),
         # validation and test binarised once, so that their likelihoods are of binary data.
@@ -89,7 +95,8 @@ class TensorDataModule(L.LightningDataModule):
     def _fits(self, data: ImageSplits) -> bool:
         """Whether the images take at most a quarter of the memory available now (and of the
         GPU's free memory when training on one): data.in_memory=auto."""
-        size = sum(math.prod(images.shape) for images in (data.train_images, data.test_images))
+        held = (data.train_images, data.test_images, data.val_images)
+        size = sum(math.prod(images.shape) for images in held if images is not None)
         available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         if self.trainer is not None and self.trainer.strategy.root_device.type == "cuda":
             available = min(available, torch.cuda.mem_get_info(self.trainer.strategy.root_device)[0])
@@ -131,7 +138,7 @@ class TensorDataModule(L.LightningDataModule):
             )
         if self.attributes or data.train_labels.dim() != 1:
             self._check_attributes(data)
-            return self._check_val_size(count)
+            return self._check_val_size(count, data)
         classes = int(max(data.train_labels.max(), data.test_labels.max())) + 1
         if classes != self.num_classes:
             raise UserInputError(
@@ -139,7 +146,7 @@ class TensorDataModule(L.LightningDataModule):
                 f"0..{classes - 1}; "
                 f"set data.num_classes={classes}."
             )
-        self._check_val_size(count)
+        self._check_val_size(count, data)
 
     def _check_attributes(self, data: ImageSplits) -> None:
         shape = list(data.train_labels.shape[1:])
@@ -150,8 +157,8 @@ class TensorDataModule(L.LightningDataModule):
                 f"data.attributes to the length of the vectors (0 for class numbers)."
             )
 
-    def _check_val_size(self, count: int) -> None:
-        if not 0 < self.val_size < count:
+    def _check_val_size(self, count: int, data: ImageSplits) -> None:
+        if data.val_images is None and not 0 < self.val_size < count:
             raise UserInputError(
                 f"Invalid config value data.val_size={self.val_size}: the validation images are taken from the {count} "
                 f"images of {self.name}'s training set (the rest are trained on), so it must be between 1 and "

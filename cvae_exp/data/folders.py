@@ -29,10 +29,13 @@ def _size(size: int | list[int]) -> tuple[int, int]:
     return int(height), int(width)
 
 
-def decode(paths: list[Path], channels: int, size: tuple[int, int], resize: str) -> Iterator[torch.Tensor]:
-    """uint8 (n, channels, *size) batches of the images at `paths`, in order: `resize` scales
-    each to `size` (its aspect ratio lost), `crop` takes its centre `size` (padding a smaller
-    image), `resize_crop` scales its shorter side to size's longer side then takes the centre."""
+def decode(
+    paths: list[Path], channels: int, size: tuple[int, int], resize: str, crop: int | None = None
+) -> Iterator[torch.Tensor]:
+    """uint8 (n, channels, *size) batches of the images at `paths`, in order. With `crop`, each
+    is first cut to its centre crop x crop square; then `resize` scales it to `size` (its aspect
+    ratio lost), `crop` takes its centre `size` (padding a smaller image), `resize_crop` scales
+    its shorter side to size's longer side then takes the centre."""
     from PIL import Image, UnidentifiedImageError
     from torchvision.transforms.v2 import functional as F
 
@@ -43,6 +46,8 @@ def decode(paths: list[Path], channels: int, size: tuple[int, int], resize: str)
         except (OSError, UnidentifiedImageError) as error:
             raise UserInputError(f"Cannot decode the image {path} ({error}); remove it or replace it.") from None
         image = torch.from_numpy(pixels.reshape(*pixels.shape[:2], channels).copy()).permute(2, 0, 1)
+        if crop is not None:
+            image = F.center_crop(image, [crop, crop])
         if resize == "resize":
             return F.resize(image, list(size), antialias=True)
         if resize == "resize_crop":

@@ -18,12 +18,16 @@ from cvae_exp.errors import UserInputError
 
 @dataclass
 class ImageSplits:
-    """Images as uint8 (N, C, H, W) and labels as int64 (N,), for the official train and test sets."""
+    """Images as uint8 (N, C, H, W) and labels as int64 (N,) (or attribute vectors (N, D)), for
+    the official train and test sets, and the official validation set where a dataset has one
+    (CelebA): the DataModule then validates on it instead of holding out data.val_size images."""
 
     train_images: torch.Tensor
     train_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
+    val_images: torch.Tensor | None = None
+    val_labels: torch.Tensor | None = None
 
 
 @functools.cache
