@@ -211,6 +211,7 @@ def check_values(cfg: DictConfig) -> DictConfig:
 def _check_elbo(loss: DictConfig) -> None:
     _require(loss.likelihood in LIKELIHOODS, "loss.likelihood", loss.likelihood, f"allowed: {' | '.join(LIKELIHOODS)}")
     _require(loss.var > 0, "loss.var", loss.var, "must be a number > 0 (the Gaussian decoder's variance)")
+    _require(loss.scale > 0, "loss.scale", loss.scale, "must be a number > 0 (the discretised logistic's scale)")
     _require(loss.beta >= 0, "loss.beta", loss.beta, "must be a number >= 0")
     _require(loss.warmup_steps >= 0, "loss.warmup_steps", loss.warmup_steps, "must be an integer >= 0 (0: no warm-up)")
 

@@ -5,6 +5,7 @@ what a step computes and what the test stage grades.
 """
 
 import logging
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from torchmetrics import MeanMetric, MeanSquaredError
+from torchmetrics import MeanMetric, MeanSquaredError, PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from cvae_exp.classifier import classifier_metrics, load_or_train
 from cvae_exp.errors import TrainingDiverged
@@ -21,7 +22,7 @@ from cvae_exp.likelihood import importance_sampled_nll
 from cvae_exp.metrics import quantize_uint8, ssim_per_image
 from cvae_exp.models import CVAE, build_cvae
 from cvae_exp.samplers import fitted_sampler
-from cvae_exp.schema import ELBO_TARGET, EvalConfig
+from cvae_exp.schema import DISCRETE_LIKELIHOODS, ELBO_TARGET, EvalConfig
 from cvae_exp.tasks import LabelTask
 
 log = logging.getLogger(__name__)  # on the console and in train.log (configs/hydra/default.yaml)
@@ -53,6 +54,12 @@ class CVAEModule(L.LightningModule):
         self.objective = instantiate({"_target_": ELBO_TARGET, **loss})
         self.val_mse, self.val_ssim = MeanSquaredError(), MeanMetric()
         self.test_mse, self.test_nll, self.test_neg_elbo = MeanSquaredError(), MeanMetric(), MeanMetric()
+        self.test_bits_per_dim = MeanMetric()
+        # Where the grader does not apply: the reconstructions' PSNR and SSIM (per channel, then averaged),
+        # each per image then averaged; SSIM's Gaussian window shrinks to fit small images
+        side = min(self.cvae.image_shape[1:])
+        self.test_psnr = PeakSignalNoiseRatio(data_range=1.0, reduction="elementwise_mean", dim=(1, 2, 3))
+        self.test_ssim = StructuralSimilarityIndexMeasure(data_range=1.0, kernel_size=min(11, side - 1 + side % 2))
         self.test_records: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.sampler: torch.nn.Module | None = None  # eval.sampler, fitted when the test starts; None: the prior
         self.classifier_record: dict | None = None  # where the metrics' classifier is and its test accuracy
@@ -176,6 +183,10 @@ class CVAEModule(L.LightningModule):
         else:
             self.test_mse.update(*_targets(self.cvae.sample(condition).float(), images, mask))
             self.log("test/mse", self.test_mse)
+            if mask is None:
+                self.test_psnr.update(reconstructions, images)
+                self.test_ssim.update(reconstructions, images)
+                self.log_dict({"test/psnr": self.test_psnr, "test/ssim": self.test_ssim})
         if self.hparams.eval["nll_samples"]:
             with torch.random.fork_rng(
                 devices=[self.device] if self.device.type == "cuda" else []
@@ -186,6 +197,17 @@ class CVAEModule(L.LightningModule):
             self.test_nll.update(nll)
             self.test_neg_elbo.update(neg_elbo)
             self.log_dict({"test/nll": self.test_nll, "test/neg_elbo": self.test_neg_elbo})
+            if self._pixel_probabilities():
+                dims = images[0].numel() if mask is None else mask.flatten(1).sum(dim=1)
+                self.test_bits_per_dim.update(nll / (dims * math.log(2)))
+                self.log("test/bits_per_dim", self.test_bits_per_dim)
+
+    def _pixel_probabilities(self) -> bool:
+        """Whether the likelihood gives probabilities of the pixel values, as bits per dimension
+        need: the discretised logistic, or the Bernoulli of binarised data (data.binarize)."""
+        likelihood = getattr(self.objective, "likelihood", None)
+        binary = self.hparams.data.get("binarize", "none") != "none"
+        return likelihood in DISCRETE_LIKELIHOODS and (likelihood != "bernoulli" or binary)
 
     def on_test_epoch_end(self):
         if not self.graded:

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from cvae_exp.distributions import bernoulli_nll, gaussian_nll, gaussian_nll_constant
-from cvae_exp.schema import LIKELIHOODS
+from cvae_exp.distributions import bernoulli_nll, discretized_logistic_nll, gaussian_nll, gaussian_nll_constant
+from cvae_exp.schema import LIKELIHOODS, ELBOConfig
 
 
 @dataclass
@@ -33,6 +33,8 @@ class LossOutput:
 class ELBO:
     """Negative ELBO with a beta weight and an optional linear KL warm-up (beta-VAE when
     beta != 1): terms loss = recon + beta * kl, recon and kl, each averaged over the batch.
+    The likelihood: a Gaussian of variance `var` (without its constant), a Bernoulli, or a
+    logistic of `scale` discretised to 8-bit pixel values (cvae_exp/distributions.py).
 
     `beta_at(step)` rises linearly from 0 to `beta` over `warmup_steps` optimiser steps.
     The KL term comes from the model's prior (cvae_exp/models/priors.py); the likelihood
@@ -41,10 +43,17 @@ class ELBO:
 
     LIKELIHOODS = LIKELIHOODS
 
-    def __init__(self, likelihood: str = "gaussian", var: float = 0.5, beta: float = 1.0, warmup_steps: int = 0):
+    def __init__(
+        self,
+        likelihood: str = ELBOConfig.likelihood,
+        var: float = ELBOConfig.var,
+        scale: float = ELBOConfig.scale,
+        beta: float = ELBOConfig.beta,
+        warmup_steps: int = ELBOConfig.warmup_steps,
+    ):
         if likelihood not in self.LIKELIHOODS:
             raise ValueError(f"loss.likelihood={likelihood!r} is not one of {self.LIKELIHOODS}")
-        self.likelihood, self.var, self.beta, self.warmup_steps = likelihood, var, beta, warmup_steps
+        self.likelihood, self.var, self.scale, self.beta, self.warmup_steps = likelihood, var, scale, beta, warmup_steps
 
     def beta_at(self, step: int) -> float:
         if self.warmup_steps <= 0:
@@ -57,6 +66,8 @@ class ELBO:
     def reconstruction(self, x: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.likelihood == "gaussian":
             return gaussian_nll(x, logits, self.var, mask)
+        if self.likelihood == "logistic":
+            return discretized_logistic_nll(x, logits, self.scale, mask)
         return bernoulli_nll(x, logits, mask)
 
     def log_likelihood(self, x: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -14,7 +14,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-LIKELIHOODS = ("gaussian", "bernoulli")
+LIKELIHOODS = ("gaussian", "bernoulli", "logistic")
+DISCRETE_LIKELIHOODS = ("bernoulli", "logistic")  # probabilities of the pixel values: bits per dimension apply
 LOSS_TERMS = ("loss", "recon", "kl")  # the objective's terms, logged under train/, val/, test/
 BINARIZE_CHOICES = ("none", "dynamic", "static")
 IN_MEMORY_CHOICES = ("auto", True, False)
@@ -48,9 +49,9 @@ class DataConfig:
     num_workers: int = 2  # the DataLoader's worker processes (in_memory false)
 
 
-# The data configs of configs/data/ start from it (`defaults: [schema]`), so that its defaults
-# are written once; a user's own DataModule config need not (checks.py types it either way).
-ConfigStore.instance().store(group="data", name="schema", node=DataConfig)
+# The data configs of configs/data/ start from it (`defaults: [/schema/data@_here_]`), so that its
+# defaults are written once; a user's own DataModule config need not (checks.py types it either way).
+ConfigStore.instance().store(group="schema", name="data", node=DataConfig)
 
 
 @dataclass
@@ -71,8 +72,12 @@ class ELBOConfig:
     _target_: str = ELBO_TARGET
     likelihood: str = "gaussian"
     var: float = 0.5
+    scale: float = 0.05  # likelihood=logistic: the discretised logistic's scale, in pixel values of [0, 1]
     beta: float = 1.0
     warmup_steps: int = 0
+
+
+ConfigStore.instance().store(group="schema", name="elbo", node=ELBOConfig)  # the base of configs/loss/elbo.yaml
 
 
 @dataclass

@@ -6,7 +6,13 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
-from cvae_exp.distributions import bernoulli_nll, gaussian_kl, gaussian_nll, gaussian_nll_constant
+from cvae_exp.distributions import (
+    bernoulli_nll,
+    discretized_logistic_nll,
+    gaussian_kl,
+    gaussian_nll,
+    gaussian_nll_constant,
+)
 from cvae_exp.models.cvae import reparameterize
 from cvae_exp.objective import ELBO
 
@@ -126,13 +132,20 @@ def test_beta_without_warmup_is_constant(step):
 def independent_reconstruction(likelihood: str, images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     if likelihood == "gaussian":  # var 0.5
         return (images - torch.sigmoid(logits)).pow(2).sum(dim=(1, 2, 3))
+    if likelihood == "logistic":  # scale 0.05: each pixel's bin mass by the definition
+        bins = (images * 255).round().long()
+        masses = [
+            logistic_bin_probabilities(float(mean), 0.05)[bin_]
+            for mean, bin_ in zip(torch.sigmoid(logits).flatten(), bins.flatten())
+        ]
+        return -torch.stack(masses).log().view(images.shape).sum(dim=(1, 2, 3)).float()
     return -Bernoulli(logits=logits).log_prob(images).sum(dim=(1, 2, 3))
 
 
 @pytest.mark.parametrize("likelihood", ELBO.LIKELIHOODS)
 def test_objective_is_reconstruction_plus_beta_kl(likelihood, images_and_logits):
     images, logits = images_and_logits
-    images = images.round() if likelihood == "bernoulli" else images
+    images = {"bernoulli": images.round(), "logistic": (images * 255).round() / 255}.get(likelihood, images)
     mu, logvar = torch.randn(5, 4), torch.randn(5, 4)
     terms = ELBO(likelihood=likelihood, var=0.5).terms(images, logits, gaussian_kl(mu, logvar), beta=0.7)
     recon = independent_reconstruction(likelihood, images, logits).mean()
@@ -145,3 +158,36 @@ def test_objective_is_reconstruction_plus_beta_kl(likelihood, images_and_logits)
 def test_unknown_likelihood_is_rejected():
     with pytest.raises(ValueError, match="laplace"):
         ELBO(likelihood="laplace")
+
+
+def logistic_bin_probabilities(mean: float, scale: float) -> torch.Tensor:
+    """The 256 bins' masses by the definition, in float64: the logistic's CDF at the bin edges
+    (k -+ 1/2) / 255, with the end bins taking the tails."""
+    edges = (torch.arange(257, dtype=torch.float64) - 0.5) / 255
+    cdf, survival = torch.sigmoid((edges - mean) / scale), torch.sigmoid((mean - edges) / scale)
+    cdf[0], cdf[-1], survival[0], survival[-1] = 0.0, 1.0, 1.0, 0.0
+    # above the mean, the difference of survival functions: the CDFs there are 1 - tiny and cancel
+    above = (edges[:-1] + 0.5 / 255) > mean
+    return torch.where(above, survival[:-1] - survival[1:], cdf[1:] - cdf[:-1])
+
+
+@pytest.mark.parametrize("mean,scale", [(0.5, 0.05), (0.02, 0.01), (0.97, 0.2), (0.3, 0.001)])
+def test_the_discretized_logistic_sums_to_one_and_matches_its_definition(mean, scale):
+    values = (torch.arange(256, dtype=torch.float32) / 255).view(256, 1, 1, 1)
+    logits = torch.logit(torch.tensor(mean)).expand_as(values)
+    nll = discretized_logistic_nll(values, logits, scale)
+    probabilities = torch.exp(-nll.double())
+    assert probabilities.sum().item() == pytest.approx(1.0, abs=1e-5)
+    expected = logistic_bin_probabilities(mean, scale)
+    far = expected < 1e-300  # bins beyond float64's reach: compare the log where the definition has one
+    torch.testing.assert_close(-nll.double()[~far], expected[~far].log(), rtol=1e-4, atol=1e-4)
+    assert torch.isfinite(nll).all()  # even a bin 300 scales from the mean has a finite -log P
+
+
+def test_the_elbo_with_the_logistic_likelihood_is_its_negative_log_probability(images_and_logits):
+    images, logits = images_and_logits
+    eight_bit = (images * 255).round() / 255
+    objective = ELBO(likelihood="logistic", scale=0.1)
+    torch.testing.assert_close(
+        objective.log_likelihood(eight_bit, logits), -discretized_logistic_nll(eight_bit, logits, 0.1)
+    )

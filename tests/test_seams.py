@@ -65,7 +65,7 @@ def random_source(shape):
     return functools.partial(random_images, shape=shape)  # picklable: the module saves it as a hyperparameter
 
 
-def module_and_data(tmp_path, shape, loss):
+def module_and_data(tmp_path, shape, loss, **eval):
     torch.manual_seed(0)
     data = dict(
         name="random", source=random_source(shape), root=str(tmp_path), image_shape=list(shape), num_classes=4,
@@ -77,7 +77,7 @@ def module_and_data(tmp_path, shape, loss):
         loss=loss,
         optim={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
         data=data,
-        eval={"samples_per_class": 3, "classifier_metrics": False},
+        eval={"samples_per_class": 3, "classifier_metrics": False, **eval},
     )
     return module, TensorDataModule(**data)
 
@@ -234,3 +234,16 @@ def test_attribute_data_and_class_data_are_told_apart():
         ).setup()  # fmt: skip
     with pytest.raises(ValueError, match="task=attributes needs a dataset with attribute vectors"):
         AttributesTask(0)
+
+
+def test_colour_images_under_the_discretised_logistic_report_psnr_ssim_and_bits_per_dimension(tmp_path):
+    """An 8-bit likelihood: test/bits_per_dim is test/nll over the 3x16x16 values in bits; the
+    reconstructions' PSNR and per-channel SSIM stand in for the grader's."""
+    loss = {"likelihood": "logistic", "scale": 0.1}
+    module, data = module_and_data(tmp_path, (3, 16, 16), loss, nll_samples=4)
+    _, tested = fit_and_test(module, data, tmp_path)
+    assert tested["test/bits_per_dim"] == pytest.approx(tested["test/nll"] / (3 * 16 * 16 * math.log(2)), rel=1e-5)
+    assert 0 < tested["test/psnr"] < 60 and -1 <= tested["test/ssim"] <= 1
+    gaussian, data = module_and_data(tmp_path, (3, 16, 16), {"likelihood": "gaussian"}, nll_samples=4)
+    _, tested = fit_and_test(gaussian, data, tmp_path)
+    assert "test/bits_per_dim" not in tested and "test/nll" in tested  # a density, not pixel probabilities
