@@ -128,6 +128,8 @@ class ImageLogger(Callback):
                         self.samples_per_class,
                     )
                 }
+                if cvae.condition_kind == "vector" and ((labels == 0) | (labels == 1)).all():
+                    grids["samples/attribute_toggles"] = visualize.attribute_toggles(cvae, labels[: self.num_images])
             else:
                 count = len(rows) - 2 * len(starts)
                 starts, ends = torch.arange(count, count + len(starts)), torch.arange(count + len(starts), len(rows))

@@ -161,6 +161,13 @@ def check_values(cfg: DictConfig) -> DictConfig:
     )
     _require(data.num_workers >= 0, "data.num_workers", data.num_workers, "must be an integer >= 0")
     _require(data.attributes >= 0, "data.attributes", data.attributes, "must be an integer >= 0 (0: class labels)")
+    groups = dict(data.attribute_groups or {})
+    _require(
+        not groups or (min(groups.values()) >= 1 and sum(groups.values()) == data.attributes),
+        "data.attribute_groups",
+        groups,
+        f"the sizes of the one-hot groups must be >= 1 and add up to data.attributes={data.attributes}",
+    )
     _require(model.latent_dim >= 1, "model.latent_dim", model.latent_dim, "must be an integer >= 1 (the size of z)")
     if elbo:  # another objective checks its own arguments when validate() builds it
         _check_elbo(loss)

@@ -1,7 +1,9 @@
 """Metrics beyond the lab's grader, in the feature space of a classifier of the dataset.
 
 `sample_accuracy`: the classifier's accuracy on class-conditional samples against the class
-they were drawn for (does the condition control the output?). `classifier_fid`: the Frechet
+they were drawn for (does the condition control the output?); for multi-hot attribute
+vectors, a multi-label classifier's `sample_attribute_accuracy` (per attribute, then
+averaged) and, for one-hot groups of attributes, `sample_accuracy_<group>`. `classifier_fid`: the Frechet
 distance between test images and all samples in the classifier's penultimate features
 (torchmetrics' FrechetInceptionDistance over this network's features: Inception features of
 upscaled 28x28 digits measure little). `sample_precision` and `sample_recall`: the k-NN
@@ -90,28 +92,40 @@ def test_reference(classifier: Classifier, test_images: torch.Tensor) -> dict:
     return {
         "images": fingerprint(test_images),
         "features": reference_features,
-        "radii": _kth_neighbour_radius(reference_features, NEIGHBOURS),
+        "radii": _kth_neighbour_radius(reference_features, NEIGHBOURS) if len(test_images) > NEIGHBOURS else None,
     }
 
 
-def train_classifier(splits, image_shape, num_classes: int, seed: int = 0) -> tuple[Classifier, float]:
-    """A classifier trained on `splits.train_*` (uint8 images) and its accuracy on `splits.test_*`.
-    The global random state is left as it was: the test stage's draws do not depend on it."""
+def train_classifier(
+    splits, image_shape, num_classes: int, seed: int = 0, multi_label: bool = False
+) -> tuple[Classifier, float]:
+    """A classifier trained on `splits.train_*` (uint8 images) and its accuracy on `splits.test_*`:
+    of `num_classes` classes, or with `multi_label` of that many binary attributes (one logit
+    each). The global random state is left as it was: the test stage's draws do not depend on it."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         classifier = Classifier(image_shape, num_classes)
         optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-3)
-        images, labels = splits.train_images.clone(), splits.train_labels.clone()  # not inference tensors
+        images, labels = splits.train_images, splits.train_labels.clone()  # not inference tensors
+        if isinstance(images, torch.Tensor):  # (a memory map is read a batch at a time)
+            images = images.clone()
         steps = min(CLASSIFIER_STEPS, CLASSIFIER_EPOCHS_AT_MOST * len(labels) // 128)
         with torch.enable_grad():
             for _ in range(steps):
                 batch = torch.randint(len(labels), (128,))
-                loss = F.cross_entropy(classifier(images[batch].float() / 255), labels[batch])
+                logits = classifier(images[batch].float() / 255)
+                if multi_label:
+                    loss = F.binary_cross_entropy_with_logits(logits, labels[batch].float())
+                else:
+                    loss = F.cross_entropy(logits, labels[batch])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
     classifier.eval()
-    return classifier, accuracy(classifier, splits.test_images, splits.test_labels)
+    test_images = splits.test_images[:]
+    if multi_label:
+        return classifier, attribute_accuracies(classifier, test_images, splits.test_labels).mean().item()
+    return classifier, accuracy(classifier, test_images, splits.test_labels)
 
 
 def accuracy(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor) -> float:
@@ -119,6 +133,33 @@ def accuracy(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor)
     with torch.no_grad():
         predicted = classifier.head(features(classifier, images)).argmax(1)
     return (predicted == labels.to(predicted.device)).float().mean().item()
+
+
+def attribute_accuracies(
+    classifier: Classifier, images: torch.Tensor, vectors: torch.Tensor, image_features: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per attribute, the fraction of uint8 `images` whose predicted attribute (logit > 0) is the
+    one of `vectors` (multi-hot)."""
+    with torch.no_grad():
+        image_features = features(classifier, images) if image_features is None else image_features
+        predicted = classifier.head(image_features) > 0
+    return (predicted == (vectors.to(predicted.device) > 0.5)).float().mean(0)
+
+
+def group_accuracies(
+    classifier: Classifier, image_features: torch.Tensor, vectors: torch.Tensor, groups: dict[str, int]
+) -> dict[str, float]:
+    """For attributes that come in consecutive one-hot groups (data.attribute_groups, such as
+    coloured MNIST's digit then colour), per group the fraction whose most likely attribute of
+    the group is the one set in `vectors`."""
+    with torch.no_grad():
+        logits = classifier.head(image_features)
+    vectors, found, start = vectors.to(logits.device), {}, 0
+    for name, size in groups.items():
+        block = slice(start, start + size)
+        found[name] = (logits[:, block].argmax(1) == vectors[:, block].argmax(1)).float().mean().item()
+        start += size
+    return found
 
 
 @torch.inference_mode(False)  # Lightning's test stage runs in inference mode, where nothing trains
@@ -131,9 +172,11 @@ def load_or_train(datamodule, directory: str) -> tuple[Classifier, dict]:
     path = (
         Path(directory).expanduser() / f"{datamodule.name}-{data[:12]}.pt"
     )  # one file per test split: none overwrites another
+    attributes = getattr(datamodule, "attributes", 0)  # > 0: a multi-label classifier of multi-hot attribute vectors
+    outputs = attributes or datamodule.num_classes
     saved = torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else {}
-    if saved.get("data") == data and saved["num_classes"] == datamodule.num_classes:
-        classifier = Classifier(datamodule.image_shape, datamodule.num_classes)
+    if saved.get("data") == data and saved["num_classes"] == outputs:
+        classifier = Classifier(datamodule.image_shape, outputs)
         classifier.load_state_dict(saved["state_dict"])
         classifier.eval()
     else:
@@ -141,15 +184,12 @@ def load_or_train(datamodule, directory: str) -> tuple[Classifier, dict]:
             f"Training a classifier of {datamodule.name} for the classifier metrics (once: it is cached as {path}) ..."
         )
         classifier, test_accuracy = train_classifier(
-            datamodule.source_splits(), datamodule.image_shape, datamodule.num_classes
+            datamodule.source_splits(), datamodule.image_shape, outputs, multi_label=attributes > 0
         )
-        log.info(f"... its accuracy on the test set: {test_accuracy:.1%}")
-        saved = {
-            "state_dict": classifier.state_dict(),
-            "test_accuracy": test_accuracy,
-            "data": data,
-            "num_classes": datamodule.num_classes,
-        }
+        kind = "mean accuracy over its attributes" if attributes else "accuracy"
+        log.info(f"... its {kind} on the test set: {test_accuracy:.1%}")
+        saved = {"state_dict": classifier.state_dict(), "test_accuracy": test_accuracy, "data": data,
+                 "num_classes": outputs}  # fmt: skip
     record = {"path": str(path), "test_accuracy": saved["test_accuracy"]}
     if "test_reference" not in saved:  # a new classifier, or one cached before the reference was
         saved["test_reference"] = test_reference(classifier, test_images)
@@ -174,15 +214,19 @@ def classifier_metrics(
     classifier = classifier.to(generated.device)
     reference = classifier.test_reference
     if reference is not None and reference["images"] == fingerprint(real):
-        real_features, real_radii = reference["features"].to(generated.device), reference["radii"].to(generated.device)
+        real_features, real_radii = reference["features"].to(generated.device), reference["radii"]
+        real_radii = None if real_radii is None else real_radii.to(generated.device)
     else:
         real_features, real_radii = features(classifier, real), None
     fake = features(classifier, generated)
     fid = FrechetInceptionDistance(feature=_Features()).to(generated.device)
     fid.update(real_features, real=True)
     fid.update(fake, real=False)
-    precision, recall = precision_recall(real_features, fake, real_radii=real_radii)
-    metrics = {"classifier_fid": float(fid.compute()), "sample_precision": precision, "sample_recall": recall}
+    metrics = {"classifier_fid": float(fid.compute())}
+    if min(len(real_features), len(fake)) > NEIGHBOURS:  # the k-NN radii need k other points
+        metrics["sample_precision"], metrics["sample_recall"] = precision_recall(
+            real_features, fake, real_radii=real_radii
+        )
     if generated_labels is not None:
         metrics["sample_accuracy"] = (
             (classifier.head(fake).argmax(1) == generated_labels.to(fake.device)).float().mean().item()

@@ -13,9 +13,16 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from torchmetrics import MeanMetric, MeanSquaredError, PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+from torchmetrics import MeanMetric, MeanSquaredError
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from cvae_exp.classifier import classifier_metrics, load_or_train
+from cvae_exp.classifier import (
+    attribute_accuracies,
+    classifier_metrics,
+    features,
+    group_accuracies,
+    load_or_train,
+)
 from cvae_exp.errors import TrainingDiverged
 from cvae_exp.evaluation import generate_per_class, grade, grader_skipped, save_grader_images
 from cvae_exp.likelihood import importance_sampled_nll
@@ -25,7 +32,9 @@ from cvae_exp.samplers import fitted_sampler
 from cvae_exp.schema import DISCRETE_LIKELIHOODS, ELBO_TARGET, EvalConfig
 from cvae_exp.tasks import LabelTask
 
-log = logging.getLogger(__name__)  # on the console and in train.log (configs/hydra/default.yaml)
+log = logging.getLogger(__name__)
+# Where the grader does not run, the classifier metrics compare samples with the first test images
+TEST_IMAGES_FOR_CLASSIFIER_METRICS = 10_000  # on the console and in train.log (configs/hydra/default.yaml)
 
 
 class CVAEModule(L.LightningModule):
@@ -155,7 +164,8 @@ class CVAEModule(L.LightningModule):
         Say so where the lab's grader does not apply."""
         if not self.graded:
             log.info(
-                f"The report's grader and the classifier metrics are skipped for this run: {grader_skipped(self.cvae)}."
+                f"The report's grader is skipped for this run: {grader_skipped(self.cvae)}"
+                + ("; so are the classifier metrics." if self.cvae.condition_kind == "image" else ".")
             )
         checkpoint = self.trainer.ckpt_path
         self.sampler = fitted_sampler(
@@ -210,8 +220,23 @@ class CVAEModule(L.LightningModule):
         return likelihood in DISCRETE_LIKELIHOODS and (likelihood != "bernoulli" or binary)
 
     def on_test_epoch_end(self):
-        if not self.graded:
-            return
+        metrics = {}
+        if self.graded:
+            metrics, originals, reconstructions, generated, generated_labels = self._grade()
+        if self.hparams.eval["classifier_metrics"] and self._classifiable():
+            if not self.graded:
+                originals, generated, generated_labels = self._samples_for_the_classifier()
+            classifier, self.classifier_record = load_or_train(
+                self.trainer.datamodule, self.hparams.eval["classifier_dir"]
+            )
+            metrics.update(self._classifier_metrics(classifier, originals, generated, generated_labels))
+        if metrics:
+            self.log_dict({f"test/{name}": value for name, value in metrics.items()})
+        if self.graded and self.hparams.eval["save_images"]:
+            save_grader_images(Path(self.trainer.default_root_dir), reconstructions, generated, generated_labels)
+
+    def _grade(self):
+        """The lab's grader on the kept test images and on eval.samples_per_class samples per class."""
         originals, reconstructions, labels = (torch.cat(parts) for parts in zip(*self.test_records))
         self.test_records = []
         generated, generated_labels = generate_per_class(
@@ -230,20 +255,63 @@ class CVAEModule(L.LightningModule):
             self.cvae.latent_dim,
             self.cvae.is_conditional,
         )
-        if self.hparams.eval["classifier_metrics"]:
-            classifier, self.classifier_record = load_or_train(
-                self.trainer.datamodule, self.hparams.eval["classifier_dir"]
+        return metrics, originals, reconstructions, generated, generated_labels
+
+    def _classifiable(self) -> bool:
+        """The dataset classifier's metrics need class labels or multi-hot attribute vectors."""
+        if self.cvae.condition_kind == "image":
+            return False
+        if self.cvae.condition_kind == "vector":
+            vectors = self.trainer.datamodule.labels("test")
+            if not ((vectors == 0) | (vectors == 1)).all():
+                log.info("The classifier metrics are skipped: the attribute vectors are not multi-hot (0 or 1).")
+                return False
+        return True
+
+    def _samples_for_the_classifier(self):
+        """Where the grader does not run: the test images, and samples of every class
+        (eval.samples_per_class each) or one for each test image's attribute vector."""
+        datamodule = self.trainer.datamodule
+        originals, labels = datamodule.images("test", TEST_IMAGES_FOR_CLASSIFIER_METRICS)
+        if self.cvae.condition_kind == "vector":
+            conditions = labels.float().to(self.device)
+            generated = torch.cat(
+                [
+                    quantize_uint8(self.cvae.sample(chunk, sampler=self.sampler).float())
+                    for chunk in conditions.split(self.hparams.data["batch_size"])
+                ]
             )
-            conditioned = (
-                generated_labels if self.cvae.is_conditional else None
-            )  # an unconditional model's samples have no class to hit
-            metrics.update(
-                classifier_metrics(classifier, originals, generated, conditioned),
-                classifier_accuracy=self.classifier_record["test_accuracy"],
-            )
-        self.log_dict({f"test/{name}": value for name, value in metrics.items()})
-        if self.hparams.eval["save_images"]:
-            save_grader_images(Path(self.trainer.default_root_dir), reconstructions, generated, generated_labels)
+            return originals, generated, conditions
+        generated, generated_labels = generate_per_class(
+            self.cvae,
+            self.hparams.eval["samples_per_class"],
+            self.hparams.data["batch_size"],
+            self.device,
+            self.sampler,
+        )
+        return originals, generated, generated_labels
+
+    def _classifier_metrics(self, classifier, originals, generated, generated_labels) -> dict[str, float]:
+        conditioned = generated_labels if self.cvae.is_conditional else None  # an unconditional model's samples
+        if self.cvae.condition_kind != "vector":  # have no class to hit
+            metrics = classifier_metrics(classifier, originals, generated, conditioned)
+            return {**metrics, "classifier_accuracy": self.classifier_record["test_accuracy"]}
+        metrics = classifier_metrics(classifier, originals, generated, None)
+        generated_features = features(classifier.to(self.device), generated)
+        metrics["sample_attribute_accuracy"] = (
+            attribute_accuracies(classifier, generated, generated_labels, generated_features).mean().item()
+        )
+        groups = (
+            self.trainer.datamodule.attribute_groups if hasattr(self.trainer.datamodule, "attribute_groups") else {}
+        )
+        for name, value in group_accuracies(classifier, generated_features, generated_labels, groups).items():
+            metrics[f"sample_accuracy_{name}"] = value
+        if groups:  # the classifier's own accuracy on the test images, per group, beside the samples'
+            test_images, test_vectors = self.trainer.datamodule.images("test", TEST_IMAGES_FOR_CLASSIFIER_METRICS)
+            own = group_accuracies(classifier, features(classifier, test_images), test_vectors, groups)
+            metrics.update({f"classifier_accuracy_{name}": value for name, value in own.items()})
+        metrics["classifier_accuracy"] = self.classifier_record["test_accuracy"]
+        return metrics
 
     def validation_metrics(self) -> dict[str, float]:
         """The last validation's epoch metrics, as logged."""

@@ -45,6 +45,9 @@ class DataConfig:
     split_seed: int = 0
     binarize: str = "none"
     attributes: int = 0  # 0: the labels are class numbers; D > 0: each image has D attribute values (task=attributes)
+    # attributes that come in consecutive one-hot groups, by name and size (coloured MNIST: digit 10, colour 3):
+    # the classifier metrics report each group's accuracy
+    attribute_groups: dict[str, int] | None = None
     in_memory: Any = "auto"  # auto | true | false: batches from tensors on the device, or from a DataLoader
     num_workers: int = 2  # the DataLoader's worker processes (in_memory false)
 

@@ -145,6 +145,20 @@ def condition_samples(cvae: CVAE, conditions: torch.Tensor, n: int) -> torch.Ten
     return _grid(cvae.sample(conditions.float().to(_device(cvae)), n), columns=n)
 
 
+@_inference
+def attribute_toggles(cvae: CVAE, conditions: torch.Tensor) -> torch.Tensor:
+    """Row i: one z ~ N(0, I) decoded under the multi-hot vector conditions[i] (first column),
+    then under it with each attribute in turn switched (1 to 0, 0 to 1), z held fixed: what
+    each attribute changes, style kept."""
+    conditions = conditions.float().to(_device(cvae))
+    rows, width = conditions.shape
+    toggled = conditions[:, None, :].repeat(1, width + 1, 1)
+    flips = torch.arange(width, device=conditions.device)
+    toggled[:, 1 + flips, flips] = 1 - toggled[:, 1 + flips, flips]
+    z = torch.randn(rows, 1, cvae.latent_dim, device=conditions.device).expand(rows, width + 1, cvae.latent_dim)
+    return _grid(cvae.decode(z.flatten(0, 1), toggled.flatten(0, 1)), columns=width + 1)
+
+
 def _interpolate(cvae: CVAE, start: torch.Tensor, end: torch.Tensor, labels: torch.Tensor, steps: int) -> torch.Tensor:
     """Decode `steps` evenly spaced points from start[i] to end[i] (both included) under labels[i]."""
     _check_at_least("steps", steps, 2)

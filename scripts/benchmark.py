@@ -339,6 +339,15 @@ def cpu_model() -> str:
     return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.machine())
 
 
+def describe_machine(device: torch.device) -> str:
+    """The line a benchmark prints first: CPU, torch, threads and the device it runs on."""
+    gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    return (
+        f"machine: {cpu_model()}, {os.cpu_count()} CPUs; torch {torch.__version__}, {torch.get_num_threads()} "
+        f"threads; device {device}{gpu}"
+    )
+
+
 def print_table(rows: list[dict]) -> None:
     cells = [list(rows[0])] + [
         [f"{value:.3f}" if isinstance(value, float) else str(value) for value in row.values()] for row in rows
@@ -393,11 +402,7 @@ def main() -> None:
         "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
     )
     root, real = args.data_root.resolve(), has_mnist(args.data_root.resolve())
-    gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
-    print(
-        f"machine: {cpu_model()}, {os.cpu_count()} CPUs; torch {torch.__version__}, {torch.get_num_threads()} "
-        f"threads; device {device}{gpu}"
-    )
+    print(describe_machine(device))
     print(
         f"data: MNIST from {root}"
         if real

@@ -128,7 +128,8 @@ def test_invalid_values_name_the_key_and_the_allowed_values(compose_train, overr
     [
         (
             ["model=transformer"],
-            "model=transformer: In 'train': Could not find 'model/transformer'; the options of 'model': conv, mlp.",
+            "model=transformer: In 'train': Could not find 'model/transformer'; "
+            "the options of 'model': conv, mlp, resnet.",
         ),
         (["learning_rate=0.1"], "Could not override 'learning_rate': no such key in the config"),
         (["labels=[0,3"], "labels=[0,3: no viable alternative at input '[0,3'"),

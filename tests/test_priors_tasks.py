@@ -346,6 +346,8 @@ def test_no_latent_cvae_has_no_encoder_zero_kl_and_an_exact_likelihood(likelihoo
     x = images(4, seed=6)
     if likelihood_name == "bernoulli":
         x = x.round()
+    if likelihood_name == "logistic":
+        x = (x * 255).round() / 255
     condition, mask = task(x, torch.arange(4))
     with torch.no_grad():
         output = cvae(x, condition)
@@ -355,6 +357,11 @@ def test_no_latent_cvae_has_no_encoder_zero_kl_and_an_exact_likelihood(likelihoo
     objective = ELBO(likelihood_name, var=0.5)
     if likelihood_name == "gaussian":
         per_pixel = Normal(torch.sigmoid(logits), math.sqrt(0.5)).log_prob(x)
+    elif likelihood_name == "logistic":  # the bin's mass, by the logistic's CDF (scale 0.05)
+        cdf = lambda edge: torch.sigmoid((edge - torch.sigmoid(logits.double())) / 0.05)  # noqa: E731
+        upper = torch.where(x > 1 - 0.5 / 255, 1.0, cdf(x.double() + 0.5 / 255))
+        lower = torch.where(x < 0.5 / 255, 0.0, cdf(x.double() - 0.5 / 255))
+        per_pixel = (upper - lower).log().float()
     else:
         per_pixel = Bernoulli(logits=logits).log_prob(x)
     exact = -(per_pixel * mask).sum(dim=(1, 2, 3))
@@ -484,6 +491,11 @@ def numpy_reconstruction(likelihood_name: str, x, logits, mask, var: float = 0.5
     mean = 1 / (1 + np.exp(-logits))
     if likelihood_name == "gaussian":
         per_pixel = (x - mean) ** 2 / (2 * var)
+    elif likelihood_name == "logistic":  # the mass of x's 8-bit bin under the logistic's CDF (scale 0.05)
+        cdf = lambda edge: 1 / (1 + np.exp(-(edge - mean) / 0.05))  # noqa: E731
+        upper = np.where(x > 1 - 0.5 / 255, 1.0, cdf(x + 0.5 / 255))
+        lower = np.where(x < 0.5 / 255, 0.0, cdf(x - 0.5 / 255))
+        per_pixel = -np.log(upper - lower)
     else:
         per_pixel = -(x * np.log(mean) + (1 - x) * np.log(1 - mean))
     mask = np.ones_like(x) if mask is None else mask.double().numpy()
@@ -495,6 +507,7 @@ def numpy_reconstruction(likelihood_name: str, x, logits, mask, var: float = 0.5
 def test_masked_reconstruction_matches_numpy(masked_batch, likelihood_name, use_mask):
     """reconstruction sums the numpy per-pixel loss over the target pixels only (all without a mask)."""
     x, logits, mask = masked_batch
+    x = (x * 255).round() / 255 if likelihood_name == "logistic" else x  # 8-bit pixel values
     mask = mask if use_mask else None
     got = ELBO(likelihood_name, var=0.5).reconstruction(x, logits, mask)
     np.testing.assert_allclose(

@@ -43,6 +43,7 @@ class TensorDataModule(L.LightningDataModule):
         split_seed: int = DataConfig.split_seed,
         binarize: str = DataConfig.binarize,
         attributes: int = DataConfig.attributes,
+        attribute_groups: dict[str, int] | None = DataConfig.attribute_groups,
         in_memory: bool | str = DataConfig.in_memory,
         num_workers: int = DataConfig.num_workers,
     ):
@@ -53,6 +54,7 @@ class TensorDataModule(L.LightningDataModule):
         self.image_shape, self.num_classes = tuple(image_shape), num_classes
         self.batch_size, self.val_size, self.split_seed, self.binarize = batch_size, val_size, split_seed, binarize
         self.attributes, self.in_memory, self.num_workers = attributes, in_memory, num_workers
+        self.attribute_groups = dict(attribute_groups or {})
         self.splits: dict[str, Split] = {}
 
     def setup(self, stage: str | None = None) -> None:
