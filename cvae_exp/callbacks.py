@@ -1,15 +1,23 @@
 """Lightning callbacks the libraries do not provide."""
 
+import logging
 import os
 import random
+import signal
+import threading
+from pathlib import Path
 
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from cvae_exp import visualize
+from cvae_exp.files import atomic_path
 from cvae_exp.models.priors import StandardPrior
+
+log = logging.getLogger(__name__)
 
 
 class RelocatableCheckpoint(ModelCheckpoint):
@@ -156,3 +164,54 @@ def same_class_pairs(labels: torch.Tensor, num_classes: int) -> tuple[torch.Tens
     firsts = [(labels == label).nonzero().flatten()[:2] for label in range(num_classes)]
     pairs = [pair for pair in firsts if len(pair) == 2]
     return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+
+class Interruption(Callback):
+    """SIGINT (Ctrl-C) and SIGTERM (a scheduler, a preemption) stop a run at the next batch
+    boundary and save a resumable `last.ckpt` in `dirpath`. Lightning already stops at a batch
+    boundary on SIGTERM (its SIGTERMException) but turns Ctrl-C into a KeyboardInterrupt wherever
+    the program is, mid-step included; this handler makes Ctrl-C wait for the batch's end as well
+    (a second Ctrl-C stops at once). `signal` names what stopped the run, for its record."""
+
+    def __init__(self, dirpath: str | None):
+        self.dirpath, self.signal, self.checkpoint = dirpath, None, None
+        self._previous = None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum, frame) -> None:
+        self.signal = "SIGINT"
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts at once
+        log.info("\nInterrupted (Ctrl-C): stopping after this batch; Ctrl-C again stops at once.")
+
+    def _stop_if_asked(self) -> None:
+        if self.signal == "SIGINT":
+            raise KeyboardInterrupt
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._stop_if_asked()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._stop_if_asked()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            return
+        self.signal = self.signal or ("SIGTERM" if isinstance(exception, SIGTERMException) else "SIGINT")
+        if self.dirpath is not None and trainer.state.fn == "fit":
+            path = Path(self.dirpath) / "last.ckpt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as temporary:  # an earlier last.ckpt stays whole if this one fails
+                trainer.save_checkpoint(temporary)
+            self.checkpoint = str(path)
+        self._restore()
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None

@@ -14,6 +14,17 @@ class TrainingDiverged(Exception):
     """The loss became non-finite; the message names the step and the likely cause."""
 
 
+class RunInterrupted(Exception):
+    """SIGINT or SIGTERM stopped the run at a safe point, after it saved a resumable last.ckpt
+    (`checkpoint`, None where the run keeps no checkpoints)."""
+
+    EXIT_STATUS = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as shells report it
+
+    def __init__(self, signal: str, checkpoint: str | None):
+        super().__init__(f"interrupted by {signal}")
+        self.signal, self.checkpoint = signal, checkpoint
+
+
 def report_and_exit(error: Exception, program: str, status: int = 2) -> None:
     """One paragraph on stderr and a non-zero exit; HYDRA_FULL_ERROR=1 puts the traceback
     before it (and still exits: raising would let Hydra turn a pre-run error into a warning)."""

@@ -72,6 +72,10 @@ class CVAEModule(L.LightningModule):
         self.test_records: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.sampler: torch.nn.Module | None = None  # eval.sampler, fitted when the test starts; None: the prior
         self.classifier_record: dict | None = None  # where the metrics' classifier is and its test accuracy
+        # the epoch's sums of the objective's terms; also set here for a run resumed mid-epoch
+        # (after an interruption), whose first epoch does not start anew
+        self.train_sums: torch.Tensor | None = None
+        self.train_count = 0
 
     @property
     def graded(self) -> bool:
@@ -101,7 +105,7 @@ class CVAEModule(L.LightningModule):
         """Epoch means are summed here and logged once per epoch: calling `self.log` on
         every step costs about 1 ms a step, 10% of an MLP step at batch 128 on a CPU
         (scripts/benchmark.py)."""
-        self.train_sums: torch.Tensor | None = None
+        self.train_sums = None
         self.train_count = 0
 
     def on_train_epoch_end(self):

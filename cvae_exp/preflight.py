@@ -52,7 +52,11 @@ class Preflight(Callback):
             HydraConfig.instance().set_config(config)
             check_job(config)
             check_writable(Path(config.hydra.runtime.output_dir), "hydra.run.dir")
-            if record is not None and os.environ.get("LOCAL_RANK", "0") == "0":  # DDP starts the command again per rank
+            first_rank = os.environ.get("LOCAL_RANK", "0") == "0"  # DDP starts the command again per rank
+            if record is None and first_rank:
+                claim(config, "run")
+                HydraConfig.instance().set_config(config)
+            if record is not None and first_rank:
                 record_resume(Path(config.hydra.runtime.output_dir), *record)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
@@ -87,6 +91,7 @@ class Preflight(Callback):
                 check_job(job, devices_here=local, data_checked=data_checked, prefix=prefix)
             HydraConfig.instance().set_config(config)
             check_writable(sweep_dir, "hydra.sweep.dir")
+            claim(config, "sweep")
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         """One line for the whole sweep; a non-zero exit if any job failed."""
@@ -171,6 +176,51 @@ def job_overrides(config: DictConfig) -> list[list[str]]:
     parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
     (jobs,) = BasicSweeper.split_arguments(parser.parse_overrides(arguments), max_batch_size=None)
     return [list(job) for job in jobs]
+
+
+# What makes a directory a run's (or a sweep's): another run may not write into it
+RUN_MARKS = (".hydra", "metrics.json", "checkpoints", "train.log")
+SWEEP_MARKS = ("multirun.yaml",)
+
+
+def claim(config: DictConfig, kind: str) -> None:
+    """Make hydra.run.dir (kind "run") or hydra.sweep.dir ("sweep") this run's own: a directory
+    that holds another run is refused, or, where its name was generated from the time
+    (${now:...}), replaced by the first free `<name>-2`, `<name>-3`, ... Creating the directory
+    is the claim (mkdir fails where another process made it first), so that two runs started in
+    the same second get two directories."""
+    key, marks = (f"hydra.{kind}.dir", RUN_MARKS if kind == "run" else SWEEP_MARKS)
+    node = config.hydra.run if kind == "run" else config.hydra.sweep
+    generated = "${now:" in str(OmegaConf.to_container(node, resolve=False)["dir"])
+    directory = Path(str(node.dir)).absolute()
+    used = lambda path: path.is_dir() and any((path / mark).exists() for mark in marks)  # noqa: E731
+    if used(directory) and not generated:
+        found = ", ".join(mark for mark in marks if (directory / mark).exists())
+        raise UserInputError(
+            f"The directory {key}={str(directory)!r} holds another {kind} ({found}); "
+            f"a {kind} directory belongs to one {kind}. Choose a new {key}, or leave it to the default (one per start)"
+            + (f", or continue that run with resume={display_path(directory)}." if kind == "run" else ".")
+        )
+    if not generated:
+        return
+    candidate, number = directory, 1
+    while True:
+        try:
+            candidate.mkdir(parents=True)
+            break
+        except FileExistsError:
+            if not used(candidate) and not any(candidate.iterdir()):
+                break  # an empty directory of this name: take it
+            number += 1
+            candidate = directory.with_name(f"{directory.name}-{number}")
+    if candidate != directory:
+        with read_write(node), open_dict(node):
+            node.dir = str(candidate)
+        with read_write(config.hydra.overrides), open_dict(config.hydra.overrides):
+            config.hydra.overrides.hydra.append(f"{key}={candidate}")  # each sweep job composes its config anew
+        if kind == "run":
+            with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
+                config.hydra.runtime.output_dir = str(candidate)
 
 
 def check_writable(directory: Path, key: str) -> None:

@@ -3,6 +3,7 @@ graded test of the best checkpoint; `train` returns what metrics.json holds. The
 cvae-train command (train.py) wraps it; scripts/benchmark.py times `build`'s parts."""
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,9 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Ti
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from cvae_exp.callbacks import Interruption
 from cvae_exp.data import TensorDataModule
+from cvae_exp.errors import RunInterrupted
 from cvae_exp.module import CVAEModule
 from cvae_exp.preflight import read_resumes
 from cvae_exp.summary import run_summary
@@ -23,7 +26,8 @@ from cvae_exp.summary import run_summary
 def build(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> tuple[TensorDataModule, CVAEModule, L.Trainer]:
     """Seed, then instantiate what a run is made of (also used by scripts/benchmark.py).
     A Timer keeps the training time across resumed segments (it is saved in checkpoints)
-    and stops the fit after `trainer.max_time` of training if that is set;
+    and stops the fit after `trainer.max_time` of training if that is set; an Interruption
+    turns SIGINT and SIGTERM into a resumable stop;
     without a logger there is no learning rate to monitor, and without a ModelCheckpoint
     callback no checkpoint is written (Lightning would otherwise add one of its own)."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -32,10 +36,10 @@ def build(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> tuple[Tens
     loggers = [instantiate(logger) for logger in (cfg.logger or {}).values()]
     callbacks = [instantiate(callback) for callback in (cfg.callbacks or {}).values()]
     timer = Timer(duration=cfg.trainer.get("max_time"))  # Lightning ignores trainer.max_time beside a Timer of ours
-    callbacks = (
-        [c for c in callbacks if loggers or not isinstance(c, LearningRateMonitor)] + [timer] + list(extra_callbacks)
-    )
     checkpointing = any(isinstance(callback, ModelCheckpoint) for callback in callbacks)
+    interruption = Interruption(str(Path(cfg.paths.output_dir) / "checkpoints") if checkpointing else None)
+    callbacks = [c for c in callbacks if loggers or not isinstance(c, LearningRateMonitor)] + [timer, interruption]
+    callbacks += list(extra_callbacks)
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         callbacks=callbacks,
@@ -67,7 +71,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     numbers as on the curves, without a second validation pass."""
     share_cores_with_parallel_jobs()
     datamodule, module, trainer = build(cfg)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    with interruptible(trainer):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     train_time = next(c for c in trainer.callbacks if isinstance(c, Timer)).time_elapsed("train")
     if torch.distributed.is_initialized():  # data parallel: rank 0 evaluates alone, on one device
         torch.distributed.destroy_process_group()
@@ -81,7 +86,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         torch.load(best, map_location="cpu", weights_only=False)["val_metrics"] if best else module.validation_metrics()
     )
     evaluator = trainer if trainer.world_size == 1 else single_device_trainer(trainer, loggers=trainer.loggers)
-    (test_metrics,) = evaluator.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+    if evaluator is not trainer:
+        evaluator.callbacks.append(next(c for c in trainer.callbacks if isinstance(c, Interruption)))
+    with interruptible(evaluator):
+        (test_metrics,) = evaluator.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
     summary = run_summary(cfg)
     for logger in evaluator.loggers:  # the HParams tab: hyperparameters beside final test metrics
         if isinstance(logger, TensorBoardLogger):
@@ -102,6 +110,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "resumes": read_resumes(run_dir),
         "hparams": summary,
     }
+
+
+@contextmanager
+def interruptible(trainer: L.Trainer):
+    """A fit or test that SIGINT or SIGTERM stopped raises RunInterrupted, whatever Lightning
+    raised for it (SystemExit(1) after a KeyboardInterrupt, its SIGTERMException)."""
+    interruption = next(c for c in trainer.callbacks if isinstance(c, Interruption))
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):
+        if interruption.signal is None:
+            raise
+        raise RunInterrupted(interruption.signal, interruption.checkpoint) from None
 
 
 def share_cores_with_parallel_jobs() -> None:

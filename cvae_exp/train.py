@@ -28,7 +28,7 @@ from cvae_exp.compose import (
     config_source,
     import_from_working_directory,
 )
-from cvae_exp.errors import TrainingDiverged, UserInputError, report_and_exit
+from cvae_exp.errors import RunInterrupted, TrainingDiverged, UserInputError, report_and_exit
 from cvae_exp.files import write_json
 from cvae_exp.preflight import display_path
 from cvae_exp.summary import run_summary
@@ -41,6 +41,9 @@ def closing_line(metrics: dict[str, Any], run_dir: Path, seconds: float) -> str:
     place = display_path(run_dir)
     if metrics["status"] == "failed":
         return f"cvae-train: failed after {seconds:.0f} s: {metrics['reason']} Run dir: {place}"
+    if metrics["status"] == "interrupted":
+        how = f"continue it with: cvae-train resume={place}" if metrics["resumable"] else "it kept no checkpoint"
+        return f"cvae-train: interrupted by {metrics['signal']} after {seconds:.0f} s; {how}. Run dir: {place}"
     test = metrics["test"]
     if "score" in test:  # the label task, graded by the lab's formula
         sampler = f", z from {metrics['sampler']}" if metrics.get("sampler", "prior") != "prior" else ""
@@ -78,6 +81,8 @@ def job(cfg: DictConfig) -> float:
     logging.captureWarnings(True)  # library warnings go to train.log (configs/hydra/default.yaml), not the console
     try:
         metrics = execute(cfg)
+    except RunInterrupted as interrupted:  # a sweep stops too: its remaining jobs would be signalled alike
+        sys.exit(RunInterrupted.EXIT_STATUS[interrupted.signal])
     except (UserInputError, TrainingDiverged) as error:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             return float("nan")
@@ -97,6 +102,17 @@ def execute(cfg: DictConfig) -> dict:
         from cvae_exp.run import train  # torch and Lightning, once the config has passed
 
         metrics = train(cfg)
+    except RunInterrupted as interrupted:
+        metrics = {
+            "status": "interrupted",
+            "signal": interrupted.signal,
+            "resumable": (run_dir / "checkpoints" / "last.ckpt").is_file(),
+            "hparams": run_summary(cfg),
+        }
+        if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0:
+            write_json(run_dir / "metrics.json", metrics)
+            log.warning(closing_line(metrics, run_dir, time.perf_counter() - start))
+        raise
     except Exception as error:
         reason = (
             str(error) if isinstance(error, (UserInputError, TrainingDiverged)) else f"{type(error).__name__}: {error}"
@@ -113,7 +129,20 @@ def execute(cfg: DictConfig) -> dict:
 
 
 def main() -> None:
-    """The console script. Its arguments are composed here first, so that a composition
+    """The console script; Ctrl-C outside training (at start-up, in the checks, while the data
+    loads) ends it with one line, not a traceback. During training, Interruption handles it."""
+    try:
+        run_console_script()
+    except KeyboardInterrupt:
+        print(
+            "\ncvae-train: interrupted (Ctrl-C) outside training: no checkpoint or metrics.json was written.",
+            file=sys.stderr,
+        )
+        sys.exit(RunInterrupted.EXIT_STATUS["SIGINT"])
+
+
+def run_console_script() -> None:
+    """The console script's work. Its arguments are composed here first, so that a composition
     error (an unknown option or key) reads as one paragraph, not as Hydra's page; with
     `--cfg`, Hydra prints the config without running a job (or its callbacks), so that
     config is validated here too. A sweep's values are composed per job by Preflight.
