@@ -61,8 +61,16 @@ def closing_line(metrics: dict[str, Any], run_dir: Path, seconds: float) -> str:
                 f"; {accuracy}classifier fid {test['classifier_fid']:.2f} (classifier test accuracy "
                 f"{test['classifier_accuracy']:.1%})"
             )
-    else:  # an image-conditioned task: its objective and the error of a prediction over the target pixels
+    else:  # another task or image size: its objective and the error of a prediction over the target pixels
         result = f"test loss {test['loss']:.2f} (mse {test['mse']:.4f} over the target pixels)"
+        groups = {key.removeprefix("sample_accuracy_"): value for key, value in test.items()
+                  if key.startswith("sample_accuracy_")}  # fmt: skip
+        if groups:
+            result += "; samples with the attributes asked for: " + ", ".join(
+                f"{name} {value:.1%}" for name, value in groups.items()
+            )
+        elif "sample_accuracy" in test:
+            result += f"; samples classified as their class {test['sample_accuracy']:.1%}"
     if "nll" in test:
         result += f", -log p {test['nll']:.2f} nats (negative ELBO {test['neg_elbo']:.2f})"
     return (

@@ -156,7 +156,7 @@ def test_a_full_disk_while_writing_is_one_clear_error_and_leaves_nothing(folder,
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     assert "Could not write the cache of the decoded dataset in" in result.stdout
-    assert "data.cache_dir" in result.stdout and "nothing was left behind" in result.stdout
+    assert "paths.cache_dir" in result.stdout and "nothing was left behind" in result.stdout
     assert list(cache_dir.iterdir()) == []
 
 

@@ -137,8 +137,8 @@ def _write(path: Path, key: dict, decode: Callable[[], Chunks]) -> None:
         _remove(temporary)
         raise UserInputError(
             f"Could not write the cache of the decoded dataset in {path.parent} ({error.strerror or error}). Free "
-            "space there, or point data.cache_dir at a directory on a disk with room for the dataset's uint8 images "
-            "(its height x width x channels bytes per image); nothing was left behind."
+            "space there, or point paths.cache_dir (or data.source.cache_dir) at a directory on a disk with room for "
+            "the dataset's uint8 images (height x width x channels bytes per image); nothing was left behind."
         ) from None
     except BaseException:
         _remove(temporary)
