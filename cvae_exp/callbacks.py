@@ -174,7 +174,7 @@ class Interruption(Callback):
     (a second Ctrl-C stops at once). `signal` names what stopped the run, for its record."""
 
     def __init__(self, dirpath: str | None):
-        self.dirpath, self.signal, self.checkpoint = dirpath, None, None
+        self.dirpath, self.signal, self.checkpoint, self.stage = dirpath, None, None, "fit"
         self._previous = None
 
     def on_fit_start(self, trainer, pl_module) -> None:
@@ -200,7 +200,8 @@ class Interruption(Callback):
         if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
             return
         self.signal = self.signal or ("SIGTERM" if isinstance(exception, SIGTERMException) else "SIGINT")
-        if self.dirpath is not None and trainer.state.fn == "fit":
+        self.stage = "fit" if trainer.state.fn == "fit" else "test"
+        if self.dirpath is not None and self.stage == "fit":
             path = Path(self.dirpath) / "last.ckpt"
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as temporary:  # an earlier last.ckpt stays whole if this one fails

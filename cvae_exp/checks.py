@@ -122,12 +122,19 @@ def check_values(cfg: DictConfig) -> DictConfig:
             schema.loss = OmegaConf.structured(ELBOConfig)
         typed = OmegaConf.merge(schema, cfg)
         OmegaConf.resolve(typed)
+        missing = sorted(key for key in OmegaConf.missing_keys(typed) if not key.startswith("hydra"))
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or "?"
         reason = str(error).splitlines()[0]
         raise UserInputError(
             f"Invalid config at {key}: {reason}. See configs/ and cvae_exp/schema.py for the allowed keys and types."
         ) from None
+    if missing:
+        raise UserInputError(
+            f"The config leaves {', '.join(missing)} without a value (??? in its YAML): give "
+            f"{'it' if len(missing) == 1 else 'each'} on the command line, e.g. {missing[0]}=<value> "
+            "(the comment beside each in its configs/ file says what it is)."
+        )
 
     data, model, loss, optim, trainer = typed.data, typed.model, typed.loss, typed.optim, typed.trainer
     _require(typed.seed >= 0, "seed", typed.seed, "must be an integer >= 0")

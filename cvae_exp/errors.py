@@ -20,9 +20,9 @@ class RunInterrupted(Exception):
 
     EXIT_STATUS = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as shells report it
 
-    def __init__(self, signal: str, checkpoint: str | None):
+    def __init__(self, signal: str, checkpoint: str | None, stage: str = "fit"):
         super().__init__(f"interrupted by {signal}")
-        self.signal, self.checkpoint = signal, checkpoint
+        self.signal, self.checkpoint, self.stage = signal, checkpoint, stage  # stage: "fit" or "test"
 
 
 def report_and_exit(error: Exception, program: str, status: int = 2) -> None:

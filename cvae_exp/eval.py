@@ -55,6 +55,9 @@ def quiet_libraries() -> None:
     warnings.filterwarnings(
         "ignore", message="Be aware that when using `ckpt_path`"
     )  # training callbacks do not matter to a test
+    warnings.filterwarnings(
+        "ignore", message="The `srun` command is available"
+    )  # a SLURM login node's notice: these tools run on one device, never as a SLURM job's tasks
 
 
 def load_module(checkpoint: Path, **eval_overrides):

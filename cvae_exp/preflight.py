@@ -180,7 +180,7 @@ def job_overrides(config: DictConfig) -> list[list[str]]:
 
 # What makes a directory a run's (or a sweep's): another run may not write into it
 RUN_MARKS = (".hydra", "metrics.json", "checkpoints", "train.log")
-SWEEP_MARKS = ("multirun.yaml",)
+SWEEP_MARKS = ("multirun.yaml", *RUN_MARKS)  # a sweep may not write into a run's directory either
 
 
 def claim(config: DictConfig, kind: str) -> None:
@@ -208,9 +208,7 @@ def claim(config: DictConfig, kind: str) -> None:
         try:
             candidate.mkdir(parents=True)
             break
-        except FileExistsError:
-            if not used(candidate) and not any(candidate.iterdir()):
-                break  # an empty directory of this name: take it
+        except FileExistsError:  # another run's, even if still empty: it may have just made it
             number += 1
             candidate = directory.with_name(f"{directory.name}-{number}")
     if candidate != directory:

@@ -122,7 +122,7 @@ def interruptible(trainer: L.Trainer):
     except (KeyboardInterrupt, SystemExit):
         if interruption.signal is None:
             raise
-        raise RunInterrupted(interruption.signal, interruption.checkpoint) from None
+        raise RunInterrupted(interruption.signal, interruption.checkpoint, interruption.stage) from None
 
 
 def share_cores_with_parallel_jobs() -> None:

@@ -43,6 +43,8 @@ def closing_line(metrics: dict[str, Any], run_dir: Path, seconds: float) -> str:
         return f"cvae-train: failed after {seconds:.0f} s: {metrics['reason']} Run dir: {place}"
     if metrics["status"] == "interrupted":
         how = f"continue it with: cvae-train resume={place}" if metrics["resumable"] else "it kept no checkpoint"
+        if metrics.get("stage") == "test":
+            how = f"its training had finished; test its best checkpoint with: cvae-eval {place}"
         return f"cvae-train: interrupted by {metrics['signal']} after {seconds:.0f} s; {how}. Run dir: {place}"
     test = metrics["test"]
     if "score" in test:  # the label task, graded by the lab's formula
@@ -114,12 +116,14 @@ def execute(cfg: DictConfig) -> dict:
         metrics = {
             "status": "interrupted",
             "signal": interrupted.signal,
-            "resumable": (run_dir / "checkpoints" / "last.ckpt").is_file(),
+            "stage": interrupted.stage,  # fit, or test: the training had finished
+            "resumable": interrupted.stage == "fit" and (run_dir / "checkpoints" / "last.ckpt").is_file(),
             "hparams": run_summary(cfg),
         }
         if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0:
             write_json(run_dir / "metrics.json", metrics)
-            log.warning(closing_line(metrics, run_dir, time.perf_counter() - start))
+            newline = "\n" if sys.stdout.isatty() else ""  # not on the progress bar's line
+            log.warning(newline + closing_line(metrics, run_dir, time.perf_counter() - start))
         raise
     except Exception as error:
         reason = (

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
 PATHS = ["framework_s", "framework_whole_s", "bare_s", "pipeline_w0_s", "pipeline_w2_s"]
 RATIOS = ["framework/bare", "pipeline_w0/framework", "pipeline_w2/framework"]
@@ -62,6 +64,7 @@ DATA_RATIOS = [  # the start of each ratio line scripts/benchmark_data.py prints
 ]
 
 
+@pytest.mark.slow  # about 15 s on idle cores, 50 s on busy ones
 def test_data_benchmark_smoke_run_prints_every_ratio(tmp_path, mnist_root):
     """scripts/benchmark_data.py with its smallest sizes: every part runs and prints its ratio."""
     flags = ["--epochs", "1", "--repeats", "1", "--limit-batches", "2", "--batches", "1", "--batch-size", "16"]

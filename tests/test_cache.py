@@ -167,6 +167,10 @@ def test_bad_folder_settings_are_refused_naming_the_value(folder, tmp_path):
         load(folder, tmp_path / "cache", resize="stretch")
     with pytest.raises(UserInputError, match="data.source.test_size=0: .* has 24 images .* between 1 and 23"):
         load(folder, tmp_path / "cache", test_size=0)
+    (folder / "birds").mkdir()
+    with pytest.raises(UserInputError, match="The class folder .*birds holds no images"):
+        load(folder, tmp_path / "cache")
+    (folder / "birds").rmdir()
     (folder / "cats" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(UserInputError, match="Cannot decode the image .*broken.png"):
         load(folder, tmp_path / "cache")

@@ -213,3 +213,12 @@ def test_a_bad_value_in_a_later_job_of_a_multirun_is_refused_before_torch_loads(
     assert "exit: 2" in result.stdout and "loaded: False" in result.stdout and not (tmp_path / "sweep").exists(), (
         result.stdout
     )
+
+
+def test_a_key_left_without_a_value_is_named_in_one_paragraph(compose_train):
+    from cvae_exp.checks import check_values
+
+    with pytest.raises(
+        UserInputError, match=r"leaves data.num_classes, data.source.path, data.val_size without a value"
+    ):
+        check_values(compose_train(["data=image_folder"]))

@@ -190,3 +190,24 @@ def test_offline_without_the_files_the_message_names_them_and_leaves_no_director
     message = str(error.value)
     assert "cifar-10-batches-py/data_batch_1" in message and "cifar-10-python.tar.gz" in message
     assert "data.root" in message and not (tmp_path / "missing").exists()
+
+
+def test_float_class_labels_in_npz_are_read_as_classes_and_fractional_ones_refused(tmp_path):
+    images = RNG.integers(0, 256, (6, 1, 4, 4), dtype=np.uint8)
+    np.savez(tmp_path / "f.npz", train_images=images[:4], train_labels=np.array([0.0, 1.0, 2.0, 1.0]),
+             test_images=images[4:], test_labels=np.array([1.0, 0.0]))  # fmt: skip
+    data = load_arrays(None, str(tmp_path / "f.npz"), cache_dir=str(tmp_path / "cache"))
+    assert data.train_labels.dtype == torch.int64 and data.train_labels.tolist() == [0, 1, 2, 1]
+    np.savez(tmp_path / "g.npz", train_images=images[:4], train_labels=np.array([0.5, 1.0, 2.0, 1.0]),
+             test_images=images[4:], test_labels=np.array([1.0, 0.0]))  # fmt: skip
+    with pytest.raises(UserInputError, match="train_labels are fractional numbers"):
+        load_arrays(None, str(tmp_path / "g.npz"), cache_dir=str(tmp_path / "cache"))
+
+
+def test_a_damaged_svhn_file_is_one_message(tmp_path):
+    datasets.load_svhn.cache_clear()
+    (tmp_path / "SVHN").mkdir()
+    for split in ("train", "test"):
+        (tmp_path / "SVHN" / f"{split}_32x32.mat").write_bytes(b"MATLAB 5.0 truncated")
+    with pytest.raises(UserInputError, match=r"Cannot read .*train_32x32.mat .*damaged download"):
+        load_svhn(tmp_path)

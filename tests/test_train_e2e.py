@@ -1,6 +1,7 @@
 """End to end through the real CLI on the embedded digits data."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -71,7 +72,12 @@ def test_two_epochs_write_checkpoints_events_and_metrics_then_resume(tmp_path):
         logged = next(e.value for e in events.Scalars(tag) if e.step == best_epoch.step)
         assert metrics["val"][name] == pytest.approx(logged, rel=1e-6), name
 
-    result = run_cli(str(run), "--recon-z", "mean", "--samples-per-class", "20", cwd=tmp_path, tool="eval")
+    slurm_login_node = tmp_path / "bin"  # an `srun` on PATH, as on a cluster's login node
+    slurm_login_node.mkdir()
+    (slurm_login_node / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (slurm_login_node / "srun").chmod(0o755)
+    env = {**os.environ, "PATH": f"{slurm_login_node}{os.pathsep}{os.environ['PATH']}"}
+    result = run_cli(str(run), "--recon-z", "mean", "--samples-per-class", "20", cwd=tmp_path, tool="eval", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     evaluated = json.loads((run / "eval.json").read_text())
     assert evaluated["recon_z"] == "mean" and evaluated["checkpoint"] == metrics["best_checkpoint"]

@@ -82,7 +82,13 @@ def load_svhn(root: Path) -> ImageSplits:
         _fetch("SVHN", base, [path], "download it from http://ufldl.stanford.edu/housenumbers/.", split=split)
 
     def read(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-        mat = loadmat(path)
+        try:
+            mat = loadmat(path)
+        except Exception as error:  # scipy raises MatReadError, ValueError, IndexError ... for a damaged file
+            raise UserInputError(
+                f"Cannot read {path} ({error}): a truncated or damaged download? Remove it and run again to download "
+                "it anew (or copy a whole one there)."
+            ) from None
         images = torch.from_numpy(np.ascontiguousarray(np.transpose(mat["X"], (3, 2, 0, 1))))
         return images, torch.from_numpy(mat["y"].astype(np.int64).reshape(-1) % 10)
 
@@ -174,6 +180,13 @@ def _arrays(file: str, cache_dir: str) -> ImageSplits:
             images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
             if len(images) != len(labels):
                 raise UserInputError(f"{file}: {split}_images has {len(images)} rows, {split}_labels {len(labels)}.")
+            if labels.ndim == 1 and labels.dtype.kind == "f":  # class numbers saved as floats
+                if not np.array_equal(labels, np.round(labels)) or labels.min() < 0:
+                    raise UserInputError(
+                        f"{file}: {split}_labels are fractional numbers; class labels are whole numbers 0..K-1 "
+                        "(condition vectors are (N, D) arrays)."
+                    )
+                labels = labels.astype(np.int64)
             for start in range(0, len(images), DECODE_BATCH * 8):
                 yield (
                     split,

@@ -65,6 +65,11 @@ def _class_images(folder: Path) -> tuple[list[Path], list[int], list[str]]:
     paths, labels = [], []
     for number, name in enumerate(classes):
         found = sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise UserInputError(
+                f"The class folder {folder / name} holds no images ({', '.join(IMAGE_SUFFIXES)}); every subfolder "
+                "is a class: remove it or fill it."
+            )
         paths += found
         labels += [number] * len(found)
     return paths, labels, classes
