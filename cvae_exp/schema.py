@@ -80,7 +80,11 @@ class ELBOConfig:
     warmup_steps: int = 0
 
 
-ConfigStore.instance().store(group="schema", name="elbo", node=ELBOConfig)  # the base of configs/loss/elbo.yaml
+# The base of configs/loss/elbo.yaml, open to new keys: a user's objective that extends `elbo` adds its
+# own arguments (docs/extending.md); the ELBO's own config is still checked against the closed schema
+_elbo_base = OmegaConf.structured(ELBOConfig)
+OmegaConf.set_struct(_elbo_base, False)
+ConfigStore.instance().store(group="schema", name="elbo", node=_elbo_base)
 
 
 @dataclass

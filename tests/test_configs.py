@@ -222,3 +222,15 @@ def test_a_key_left_without_a_value_is_named_in_one_paragraph(compose_train):
         UserInputError, match=r"leaves data.num_classes, data.source.path, data.val_size without a value"
     ):
         check_values(compose_train(["data=image_folder"]))
+
+
+def test_a_users_objective_config_extends_the_elbos_with_keys_of_its_own(tmp_path):
+    """configs/loss/elbo.yaml's base (ELBOConfig in the ConfigStore) stays open to new keys."""
+    from cvae_exp.compose import compose_train, config_source
+
+    (tmp_path / "loss").mkdir()
+    (tmp_path / "loss" / "elbo_tv.yaml").write_text(
+        "defaults:\n  - elbo\n  - _self_\n_target_: mine.ELBOWithTV\nweight: 0.05\n"
+    )
+    cfg = compose_train(["loss=elbo_tv", "loss.beta=2"], tmp_path / "run", config_source(config_dir=str(tmp_path)))
+    assert cfg.loss.weight == 0.05 and cfg.loss.beta == 2 and cfg.loss.var == 0.5
