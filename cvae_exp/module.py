@@ -243,13 +243,7 @@ class CVAEModule(L.LightningModule):
         """The lab's grader on the kept test images and on eval.samples_per_class samples per class."""
         originals, reconstructions, labels = (torch.cat(parts) for parts in zip(*self.test_records))
         self.test_records = []
-        generated, generated_labels = generate_per_class(
-            self.cvae,
-            self.hparams.eval["samples_per_class"],
-            self.hparams.data["batch_size"],
-            self.device,
-            self.sampler,
-        )
+        generated, generated_labels = self._per_class_samples()
         metrics = grade(
             originals,
             reconstructions,
@@ -286,14 +280,12 @@ class CVAEModule(L.LightningModule):
                 ]
             )
             return originals, generated, conditions
-        generated, generated_labels = generate_per_class(
-            self.cvae,
-            self.hparams.eval["samples_per_class"],
-            self.hparams.data["batch_size"],
-            self.device,
-            self.sampler,
-        )
-        return originals, generated, generated_labels
+        return originals, *self._per_class_samples()
+
+    def _per_class_samples(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """eval.samples_per_class uint8 samples of every class, from eval.sampler's z."""
+        samples_per_class, batch_size = self.hparams.eval["samples_per_class"], self.hparams.data["batch_size"]
+        return generate_per_class(self.cvae, samples_per_class, batch_size, self.device, self.sampler)
 
     def _classifier_metrics(self, classifier, originals, generated, generated_labels) -> dict[str, float]:
         conditioned = generated_labels if self.cvae.is_conditional else None  # an unconditional model's samples
