@@ -118,12 +118,11 @@ class ImageLogger(Callback):
         cvae = pl_module.cvae
         datamodule = trainer.datamodule
         labels = datamodule.labels("val")
-        if not cvae.labels_condition:
-            rows = torch.arange(min(self.num_images, len(labels)))
-        else:
-            starts, ends = same_class_pairs(labels, cvae.num_classes)
-            rows = torch.cat([torch.arange(min(self.num_images, len(labels))), starts, ends])
-        images, labels = datamodule.gather("val", rows)  # only the images the grids show
+        first = torch.arange(min(self.num_images, len(labels)))
+        pairs = same_class_pairs(labels, cvae.num_classes) if cvae.labels_condition else (first[:0], first[:0])
+        images, labels = datamodule.gather("val", torch.cat([first, *pairs]))  # only the images the grids show
+        starts = torch.arange(len(first), len(first) + len(pairs[0]))  # where the pairs are among them
+        ends = starts + len(pairs[0])
         images, labels = images.to(pl_module.device).float() / 255, labels.to(pl_module.device)
         with torch.random.fork_rng(devices=[pl_module.device] if pl_module.device.type == "cuda" else []):
             if not cvae.labels_condition:  # a task that conditions on an image or on attributes
@@ -139,8 +138,6 @@ class ImageLogger(Callback):
                 if cvae.condition_kind == "vector" and ((labels == 0) | (labels == 1)).all():
                     grids["samples/attribute_toggles"] = visualize.attribute_toggles(cvae, labels[: self.num_images])
             else:
-                count = len(rows) - 2 * len(starts)
-                starts, ends = torch.arange(count, count + len(starts)), torch.arange(count + len(starts), len(rows))
                 grids = {
                     "samples/samples_by_class": visualize.class_samples(
                         cvae, torch.arange(cvae.num_classes), self.samples_per_class

@@ -205,7 +205,11 @@ def load_or_train(datamodule, directory: str) -> tuple[Classifier, dict]:
 
 @torch.no_grad()
 def classifier_metrics(
-    classifier: Classifier, real: torch.Tensor, generated: torch.Tensor, generated_labels: torch.Tensor | None
+    classifier: Classifier,
+    real: torch.Tensor,
+    generated: torch.Tensor,
+    generated_labels: torch.Tensor | None,
+    generated_features: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """sample_accuracy of `generated` (uint8) against `generated_labels` (None: samples of an
     unconditional model, which have no class to hit); classifier_fid, sample_precision and
@@ -218,7 +222,7 @@ def classifier_metrics(
         real_radii = None if real_radii is None else real_radii.to(generated.device)
     else:
         real_features, real_radii = features(classifier, real), None
-    fake = features(classifier, generated)
+    fake = features(classifier, generated) if generated_features is None else generated_features
     fid = FrechetInceptionDistance(feature=_Features()).to(generated.device)
     fid.update(real_features, real=True)
     fid.update(fake, real=False)

@@ -32,9 +32,9 @@ from cvae_exp.samplers import fitted_sampler
 from cvae_exp.schema import DISCRETE_LIKELIHOODS, ELBO_TARGET, EvalConfig
 from cvae_exp.tasks import LabelTask
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__name__)  # on the console and in train.log (configs/hydra/default.yaml)
 # Where the grader does not run, the classifier metrics compare samples with the first test images
-TEST_IMAGES_FOR_CLASSIFIER_METRICS = 10_000  # on the console and in train.log (configs/hydra/default.yaml)
+TEST_IMAGES_FOR_CLASSIFIER_METRICS = 10_000
 
 
 class CVAEModule(L.LightningModule):
@@ -292,19 +292,16 @@ class CVAEModule(L.LightningModule):
         if self.cvae.condition_kind != "vector":  # have no class to hit
             metrics = classifier_metrics(classifier, originals, generated, conditioned)
             return {**metrics, "classifier_accuracy": self.classifier_record["test_accuracy"]}
-        metrics = classifier_metrics(classifier, originals, generated, None)
         generated_features = features(classifier.to(self.device), generated)
+        metrics = classifier_metrics(classifier, originals, generated, None, generated_features)
         metrics["sample_attribute_accuracy"] = (
             attribute_accuracies(classifier, generated, generated_labels, generated_features).mean().item()
         )
-        groups = (
-            self.trainer.datamodule.attribute_groups if hasattr(self.trainer.datamodule, "attribute_groups") else {}
-        )
+        groups = getattr(self.trainer.datamodule, "attribute_groups", {})
         for name, value in group_accuracies(classifier, generated_features, generated_labels, groups).items():
             metrics[f"sample_accuracy_{name}"] = value
-        if groups:  # the classifier's own accuracy on the test images, per group, beside the samples'
-            test_images, test_vectors = self.trainer.datamodule.images("test", TEST_IMAGES_FOR_CLASSIFIER_METRICS)
-            own = group_accuracies(classifier, features(classifier, test_images), test_vectors, groups)
+        if groups:  # the classifier's own accuracy on the test images (whose vectors the samples were drawn for)
+            own = group_accuracies(classifier, features(classifier, originals), generated_labels, groups)
             metrics.update({f"classifier_accuracy_{name}": value for name, value in own.items()})
         metrics["classifier_accuracy"] = self.classifier_record["test_accuracy"]
         return metrics

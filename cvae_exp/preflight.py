@@ -53,10 +53,10 @@ class Preflight(Callback):
             check_job(config)
             check_writable(Path(config.hydra.runtime.output_dir), "hydra.run.dir")
             first_rank = os.environ.get("LOCAL_RANK", "0") == "0"  # DDP starts the command again per rank
-            if record is None and first_rank:
+            if first_rank and record is None:
                 claim(config, "run")
                 HydraConfig.instance().set_config(config)
-            if record is not None and first_rank:
+            elif first_rank:
                 record_resume(Path(config.hydra.runtime.output_dir), *record)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:

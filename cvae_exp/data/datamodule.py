@@ -66,30 +66,29 @@ class TensorDataModule(L.LightningDataModule):
         if data.val_images is None:  # validation images held out from the training set
             order = torch.randperm(len(data.train_labels), generator=generator)
             val, train = order[: self.val_size], order[self.val_size :]
-            sources = {"train": (data.train_images, train), "val": (data.train_images, val)}
+            splits = {
+                "train": Split(data.train_images, data.train_labels[train], train),
+                "val": Split(data.train_images, data.train_labels[val], val),
+            }
         else:  # the dataset's own validation set
-            sources = {"train": (data.train_images, None), "val": (data.val_images, None)}
-        labels = {"train": data.train_labels, "val": data.train_labels, "test": data.test_labels}
-        if data.val_images is not None:
-            labels["val"] = data.val_labels
-        sources["test"] = (data.test_images, None)
+            splits = {
+                "train": Split(data.train_images, data.train_labels),
+                "val": Split(data.val_images, data.val_labels),
+            }
+        splits["test"] = Split(data.test_images, data.test_labels)
         self.in_memory = self._fits(data) if self.in_memory == "auto" else self.in_memory
         if not self.in_memory:  # positions into the (memory-mapped) images: nothing is copied
-            self.splits = {
-                name: Split(images, labels[name] if rows is None else labels[name][rows], rows)
-                for name, (images, rows) in sources.items()
-            }
+            self.splits = splits
             return
-        splits = {
-            name: (images[:] if rows is None else images[rows], labels[name] if rows is None else labels[name][rows])
-            for name, (images, rows) in sources.items()
-        }
-        # static: every split binarised once; dynamic: training batches drawn anew (TensorBatches),
-        # validation and test binarised once, so that their likelihoods are of binary data.
-        self.splits = {
-            name: Split(bernoulli_uint8(images, generator) if name in self._binarised_once() else images, labels)
-            for name, (images, labels) in splits.items()
-        }
+        # in memory, each split's images gathered into a tensor of their own. static: every split binarised
+        # once; dynamic: training batches drawn anew (TensorBatches), validation and test binarised once,
+        # so that their likelihoods are of binary data.
+        self.splits = {}
+        for name, split in splits.items():
+            images = split.gather(slice(None))
+            if name in self._binarised_once():
+                images = bernoulli_uint8(images, generator)
+            self.splits[name] = Split(images, split.labels)
 
     def _binarised_once(self) -> tuple[str, ...]:
         return {"static": ("train", "val", "test"), "dynamic": ("val", "test")}.get(self.binarize, ())
