@@ -61,11 +61,13 @@ def train(overrides: Sequence[str] = (), config_dir: str | None = None, config_n
 @contextmanager
 def run_log(path: Path):
     """<run dir>/train.log as cvae-train writes it (configs/hydra/default.yaml): the run's lines,
-    Lightning's notices and Python's warnings go to the file, and only the run's lines reach
+    Lightning's notices, Python's warnings and our cvae_exp.notices go to the file, and only the run's lines reach
     the notebook's or script's own handlers."""
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
-    quiet = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "py.warnings")]
+    quiet = [
+        logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "py.warnings", "cvae_exp.notices")
+    ]
     ours = [logging.getLogger(name) for name in ("cvae-train", "cvae_exp")]
     saved = [(logger, list(logger.handlers), logger.propagate, logger.level) for logger in quiet + ours]
     for logger in quiet:

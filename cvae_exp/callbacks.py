@@ -168,15 +168,44 @@ class Interruption(Callback):
     boundary and save a resumable `last.ckpt` in `dirpath`. Lightning already stops at a batch
     boundary on SIGTERM (its SIGTERMException) but turns Ctrl-C into a KeyboardInterrupt wherever
     the program is, mid-step included; this handler makes Ctrl-C wait for the batch's end as well
-    (a second Ctrl-C stops at once). `signal` names what stopped the run, for its record."""
+    (a second Ctrl-C stops at once). `signal` names what stopped the run, for its record.
+
+    In a SLURM job that submitit runs (hydra/launcher=slurm), its preemption signal (USR2: what
+    SLURM sends `signal_delay_s` before the time limit, or a scheduler that preempts) would make
+    submitit requeue the job at once, mid-step and without a checkpoint of the training. Here it
+    stops the run as SIGTERM does (Lightning's stop agrees the batch across data-parallel ranks),
+    and `requeue` then hands the job to submitit's handler, which requeues it; the requeued job
+    continues from that last.ckpt (cvae_exp/run.py)."""
 
     def __init__(self, dirpath: str | None):
         self.dirpath, self.signal, self.checkpoint, self.stage = dirpath, None, None, "fit"
-        self._previous = None
+        self.preempted_by: signal.Signals | None = None
+        self._previous: dict[signal.Signals, object] = {}
+        self._requeue = None  # submitit's handler of its preemption signal
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_sigint)
+        preemption = submitit_preemption_signal()
+        if preemption is not None and callable(signal.getsignal(preemption)):
+            self._requeue = signal.getsignal(preemption)
+            self._previous[preemption] = signal.signal(preemption, self._on_preemption)
+
+    def _on_preemption(self, signum, frame) -> None:
+        self.preempted_by = signal.Signals(signum)
+        log.info(
+            f"\nPreempted ({self.preempted_by.name}): stopping after this batch to save checkpoints/last.ckpt; "
+            "the job is then requeued and continues from it."
+        )
+        signal.raise_signal(signal.SIGTERM)  # Lightning's stop at the batch boundary; on_exception saves
+
+    def requeue(self) -> None:
+        """After a preemption stopped the fit: submitit's handler requeues the job (`scontrol requeue`) with
+        the launcher's resubmission of the same job, which runs in the same run directory, and exits. On a
+        data-parallel rank other than 0 it returns; a job out of requeues (max_num_timeout) raises."""
+        if self.preempted_by is not None and self._requeue is not None:
+            self._requeue(self.preempted_by, None)
 
     def _on_sigint(self, signum, frame) -> None:
         self.signal = "SIGINT"
@@ -210,6 +239,16 @@ class Interruption(Callback):
         self._restore()
 
     def _restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous = {}
+
+
+def submitit_preemption_signal() -> signal.Signals | None:
+    """The signal on which submitit requeues the SLURM job this process runs in (USR2 unless
+    SUBMITIT_PREEMPT_SIGNAL says otherwise), or None outside such a job."""
+    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
+        return None
+    import submitit  # only inside a submitit job
+
+    return signal.Signals[f"SIG{submitit.JobEnvironment.USR_SIG}"]

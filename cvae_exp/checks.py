@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cvae_exp.errors import UserInputError
@@ -61,6 +61,52 @@ def check_sampler(settings) -> None:
     _require(settings.flow_steps >= 1, "eval.flow_steps", settings.flow_steps, "must be an integer >= 1")
 
 
+def check_sweep(config: DictConfig) -> None:
+    """A multirun's launcher and sweeper values (`hydra.launcher.*`, `hydra.sweeper.*`), which
+    the plugins check only once the sweep has begun: joblib refuses n_jobs=0 after Hydra has
+    written multirun.yaml, Optuna's n_trials=0 fails after the sweep with "No trials are
+    completed yet", and sbatch refuses a SLURM job's numbers on the cluster."""
+    launcher, sweeper = config.hydra.launcher, config.hydra.sweeper
+    if launcher._target_.endswith("JoblibLauncher"):
+        n_jobs = launcher.n_jobs
+        _require(
+            n_jobs is None or (isinstance(n_jobs, int) and n_jobs != 0),
+            "hydra.launcher.n_jobs",
+            n_jobs,
+            "must be a non-zero integer: the jobs run at once, -1 for one per CPU, -2 for all CPUs but one "
+            "(joblib runs n_cpus + 1 + n_jobs for a negative n_jobs)",
+        )
+    if launcher._target_.startswith("hydra_plugins.hydra_submitit_launcher."):
+        for key in ("timeout_min", "nodes", "tasks_per_node", "cpus_per_task", "mem_gb"):
+            value = launcher.get(key)
+            optional = key in ("cpus_per_task", "mem_gb")  # null: the cluster's default
+            _require(
+                (optional and value is None) or (value is not None and value >= 1),
+                f"hydra.launcher.{key}",
+                value,
+                "must be an integer >= 1" + (" (or null for the cluster's default)" if optional else ""),
+            )
+        gpus = launcher.get("gpus_per_node")
+        _require(gpus is None or gpus >= 0, "hydra.launcher.gpus_per_node", gpus, "must be an integer >= 0 (or null)")
+    if sweeper._target_.endswith("OptunaSweeper"):
+        _require(sweeper.n_trials >= 1, "hydra.sweeper.n_trials", sweeper.n_trials, "must be an integer >= 1")
+        _require(
+            sweeper.n_jobs >= 1,
+            "hydra.sweeper.n_jobs",
+            sweeper.n_jobs,
+            "must be an integer >= 1 (the trials launched at once)",
+        )
+        direction = sweeper.direction
+        directions = list(direction) if isinstance(direction, ListConfig) else [direction]
+        names = [getattr(item, "name", item) for item in directions]  # Optuna's plugin default is an Enum
+        _require(
+            len(names) == 1 and names[0] in ("minimize", "maximize"),
+            "hydra.sweeper.direction",
+            names[0] if len(names) == 1 else names,
+            "allowed: minimize | maximize (cvae-train returns one value, optimized_metric, to the sweeper)",
+        )
+
+
 def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
         raise UserInputError(f"Invalid config value {key}={value!r}: {allowed}.")
@@ -86,6 +132,10 @@ def validate(cfg: DictConfig, devices_here: bool = True) -> DictConfig:
     from cvae_exp.samplers import require_applicable
 
     require_applicable(model, typed.eval.sampler)
+    if typed.eval.inception_weights is not None:  # the weights load, and serve images of this shape
+        from cvae_exp.metrics.inception import fid_metric
+
+        fid_metric(typed.eval.inception_weights, tuple(typed.data.image_shape))
     from cvae_exp.evaluation import grader_skipped
 
     no_ssim = grader_skipped(model) or (None if typed.eval.val_ssim_images else "eval.val_ssim_images=0")
@@ -103,7 +153,8 @@ def validate(cfg: DictConfig, devices_here: bool = True) -> DictConfig:
     _check_module(typed.module)
     _check_callbacks(typed.callbacks or {})
     if typed.ckpt_path is not None:
-        _check_checkpoint(typed.ckpt_path, model, typed.trainer.max_epochs)
+        own = Path(typed.ckpt_path).resolve().is_relative_to(Path(str(typed.paths.output_dir)).resolve())
+        _check_checkpoint(typed.ckpt_path, model, typed.trainer.max_epochs, continues_its_run=own)
     _PASSED.add(passed)
     return cfg
 
@@ -418,9 +469,10 @@ def epochs_done(checkpoint: dict) -> int:
     return checkpoint["epoch"] + 1
 
 
-def _check_checkpoint(path: str, model, max_epochs: int) -> None:
+def _check_checkpoint(path: str, model, max_epochs: int, continues_its_run: bool = False) -> None:
     """The checkpoint must exist, load, hold this config's network tensor for tensor, and
-    leave epochs to train before max_epochs."""
+    leave epochs to train before max_epochs; or, where it is the run's own (a run continued in
+    its directory, stopped after training and before its test), have trained them all."""
     import torch
 
     _require(
@@ -453,7 +505,7 @@ def _check_checkpoint(path: str, model, max_epochs: int) -> None:
             f"or set model/conditioning/data as they were."
         )
     _require(
-        max_epochs > done,
+        max_epochs > done or (continues_its_run and max_epochs == done),
         "trainer.max_epochs",
         max_epochs,
         f"the checkpoint ckpt_path={path!r} has trained {done} epochs already; pass "

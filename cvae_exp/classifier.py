@@ -3,8 +3,9 @@
 `sample_accuracy`: the classifier's accuracy on class-conditional samples against the class
 they were drawn for (does the condition control the output?); for multi-hot attribute
 vectors, a multi-label classifier's `sample_attribute_accuracy` (per attribute, then
-averaged) and, for one-hot groups of attributes, `sample_accuracy_<group>`. `classifier_fid`: the Frechet
-distance between test images and all samples in the classifier's penultimate features
+averaged), `sample_attribute_balanced_accuracy` (the same, blind to how rare each attribute
+is) and, for one-hot groups of attributes, `sample_accuracy_<group>`. `classifier_fid`: the
+Frechet distance between test images and all samples in the classifier's penultimate features
 (torchmetrics' FrechetInceptionDistance over this network's features: Inception features of
 upscaled 28x28 digits measure little). `sample_precision` and `sample_recall`: the k-NN
 precision and recall of Kynkaanniemi et al. (2019) in the same features (our own: torchmetrics
@@ -154,6 +155,21 @@ def attribute_accuracies(
         image_features = features(classifier, images) if image_features is None else image_features
         predicted = classifier.head(image_features) > 0
     return (predicted == (vectors.to(predicted.device) > 0.5)).float().mean(0)
+
+
+def attribute_balanced_accuracy(classifier: Classifier, image_features: torch.Tensor, vectors: torch.Tensor) -> float:
+    """The mean over attributes of (true-positive rate + true-negative rate) / 2 of the predicted
+    attributes against `vectors` (multi-hot): unlike the plain accuracy, a classifier that
+    predicts every rare attribute absent scores 0.5 on it, not the attribute's rarity.
+    Attributes that are all present or all absent in `vectors` have one rate only and are left out."""
+    with torch.no_grad():
+        predicted = classifier.head(image_features) > 0
+    wanted = vectors.to(predicted.device) > 0.5
+    positives, negatives = wanted.sum(0), (~wanted).sum(0)
+    both = (positives > 0) & (negatives > 0)
+    true_positive_rate = (predicted & wanted).sum(0)[both] / positives[both]
+    true_negative_rate = (~predicted & ~wanted).sum(0)[both] / negatives[both]
+    return ((true_positive_rate + true_negative_rate) / 2).mean().item()
 
 
 def group_accuracies(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cvae_exp.compose import import_from_working_directory
 from cvae_exp.errors import UserInputError, report_and_exit
-from cvae_exp.files import write_json
+from cvae_exp.files import check_output_path, undone_on_failure, write_json
 from cvae_exp.schema import RECON_Z_CHOICES, SAMPLERS
 
 
@@ -101,7 +101,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--data-root", help="where the dataset lives, if not where the run found it")
     parser.add_argument("--seed", type=int, default=42, help="seed of the sampling [42]")
-    parser.add_argument("--out", type=Path, help="the JSON file to write [<run dir>/eval.json]")
+    parser.add_argument(
+        "--out", type=Path, help="the JSON file to write; a missing folder is made for it [<run dir>/eval.json]"
+    )
     args = parser.parse_args(argv)
     try:
         if args.samples_per_class is not None and args.samples_per_class < 1:
@@ -111,6 +113,8 @@ def main(argv: list[str] | None = None) -> None:
             )
         if args.out is not None and args.out.is_dir():
             raise UserInputError(f"--out {str(args.out)!r} is a directory; pass the path of the JSON file to write.")
+        if args.out is not None:
+            check_output_path(args.out, f"--out {str(args.out)!r}")
         if args.nll_samples is not None and args.nll_samples < 0:
             raise UserInputError(
                 f"--nll-samples {args.nll_samples}: must be an integer >= 0 (importance samples per test image "
@@ -159,8 +163,14 @@ def main(argv: list[str] | None = None) -> None:
         "test": {key.removeprefix("test/"): float(value) for key, value in metrics.items()},
     }
     target = args.out or out / "eval.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    write_json(target, result)
+    try:
+        with undone_on_failure(target.parent):  # a missing folder is made for --out, and removed if the write fails
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_json(target, result)
+    except OSError as error:
+        report_and_exit(
+            UserInputError(f"Cannot write {target}: {error.strerror or error}; nothing was written."), "cvae-eval"
+        )
     print(json.dumps(result, indent=2))
     print(f"cvae-eval: written to {target}")
 

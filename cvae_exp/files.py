@@ -3,10 +3,13 @@ leaves nothing behind."""
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from cvae_exp.errors import UserInputError
 
 
 @contextmanager
@@ -20,6 +23,32 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+@contextmanager
+def undone_on_failure(path: Path) -> Iterator[None]:
+    """Run the block that makes `path` (a file, or a folder it writes in); if the block fails,
+    remove the topmost of `path` and its parents that did not exist before, with all the block
+    wrote there (a failed download's partial files too), so that nothing is left above what was
+    there before. No library offers this; `tempfile` would put the work outside `path`."""
+    path = Path(path).absolute()
+    missing = [place for place in (path, *path.parents) if not place.exists()]
+    try:
+        yield
+    except BaseException:
+        if missing and missing[-1].is_dir():  # everything in the topmost new folder is the block's
+            shutil.rmtree(missing[-1], ignore_errors=True)
+        elif missing:
+            missing[-1].unlink(missing_ok=True)
+        raise
+
+
+def check_output_path(path: Path, name: str) -> None:
+    """The folder `path` goes in exists or can be made: the nearest existing one above it is a
+    folder, not a file. Checked before the work whose result goes there."""
+    existing = next(folder for folder in Path(path).absolute().parents if folder.exists())
+    if not existing.is_dir():
+        raise UserInputError(f"{name} cannot be written: {existing} is a file, not a folder; choose another path.")
 
 
 def write_json(path: Path, content: dict[str, Any]) -> None:

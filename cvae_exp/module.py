@@ -6,6 +6,7 @@ what a step computes and what the test stage grades.
 
 import logging
 import math
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from cvae_exp.classifier import (
     attribute_accuracies,
+    attribute_balanced_accuracy,
     classifier_metrics,
     features,
     group_accuracies,
@@ -27,12 +29,14 @@ from cvae_exp.errors import TrainingDiverged
 from cvae_exp.evaluation import generate_per_class, grade, grader_skipped, save_grader_images
 from cvae_exp.likelihood import importance_sampled_nll
 from cvae_exp.metrics import quantize_uint8, ssim_per_image
+from cvae_exp.metrics.inception import WEIGHTS_FILE, WEIGHTS_URL, fid_metric, inception_fid
 from cvae_exp.models import CVAE, build_cvae
 from cvae_exp.samplers import fitted_sampler
 from cvae_exp.schema import DISCRETE_LIKELIHOODS, ELBO_TARGET, EvalConfig
 from cvae_exp.tasks import LabelTask
 
 log = logging.getLogger(__name__)  # on the console and in train.log (configs/hydra/default.yaml)
+notices = logging.getLogger("cvae_exp.notices")  # in train.log only: what every run would repeat on the console
 # Where the grader does not run, the classifier metrics compare samples with the first test images
 TEST_IMAGES_FOR_CLASSIFIER_METRICS = 10_000
 
@@ -132,8 +136,28 @@ class CVAEModule(L.LightningModule):
             f"Training diverged: the loss is {terms['loss'].item()} ({others}) at step {self.global_step}, "
             f"epoch {self.current_epoch}. The likely cause "
             f"is a learning rate too high for this model (optim.lr={self.hparams.optim['lr']}); try {remedies}. "
-            f"Checkpoints written before this step are kept; the best is the last with a finite validation loss."
+            f"{self._checkpoints_on_disk()}"
         )
+
+    def _checkpoints_on_disk(self) -> str:
+        """What a stopped run has on disk to start again from: the files its ModelCheckpoint
+        callbacks wrote before this step, or why there is none."""
+        written: dict[str, str] = {}
+        for callback in self.trainer.checkpoint_callbacks:
+            role = f"the best by {callback.monitor}" if callback.monitor else "the latest"
+            for path, kind in ((callback.best_model_path, role), (callback.last_model_path, "the latest")):
+                if path and Path(path).is_file():
+                    shown = os.path.relpath(path) if Path(path).resolve().is_relative_to(Path.cwd()) else path
+                    written.setdefault(shown, kind)
+        if written:
+            return (
+                "Written before this step and kept: "
+                + ", ".join(f"{path} ({kind})" for path, kind in written.items())
+                + "."
+            )
+        if self.trainer.checkpoint_callbacks:
+            return "No checkpoint was written before this step: the first is written when an epoch ends."
+        return "No checkpoint was written: this run keeps none (no ModelCheckpoint in its callbacks, callbacks=none)."
 
     def _evaluate(self, images, condition, mask, stage: str) -> torch.Tensor:
         """Log the objective's terms and return the reconstruction (pixel means) of the
@@ -227,13 +251,18 @@ class CVAEModule(L.LightningModule):
         metrics = {}
         if self.graded:
             metrics, originals, reconstructions, generated, generated_labels = self._grade()
-        if self.hparams.eval["classifier_metrics"] and self._classifiable():
-            if not self.graded:
-                originals, generated, generated_labels = self._samples_for_the_classifier()
+        classify = self.hparams.eval["classifier_metrics"] and self._classifiable()
+        inception = self._inception_fid_applies()
+        if not self.graded and (classify or inception):
+            originals, generated, generated_labels = self._samples_for_the_classifier()
+        if classify:
             classifier, self.classifier_record = load_or_train(
                 self.trainer.datamodule, self.hparams.eval["classifier_dir"]
             )
             metrics.update(self._classifier_metrics(classifier, originals, generated, generated_labels))
+        if inception:
+            metric = fid_metric(self.hparams.eval["inception_weights"], self.cvae.image_shape)
+            metrics["inception_fid"] = inception_fid(metric, originals, generated, self.device)
         if metrics:
             self.log_dict({f"test/{name}": value for name, value in metrics.items()})
         if self.graded and self.hparams.eval["save_images"]:
@@ -264,6 +293,22 @@ class CVAEModule(L.LightningModule):
             if not ((vectors == 0) | (vectors == 1)).all():
                 log.info("The classifier metrics are skipped: the attribute vectors are not multi-hot (0 or 1).")
                 return False
+        return True
+
+    def _inception_fid_applies(self) -> bool:
+        """Whether test/inception_fid is computed; where not, one line says why: in train.log for
+        eval.inception_weights=null (every default run), on the console for an image-conditioned
+        task (whose samples are completions of test images, not draws to compare with them)."""
+        if self.hparams.eval["inception_weights"] is None:
+            notices.info(
+                "Inception FID (test/inception_fid) is not computed: eval.inception_weights is null. To compute it, "
+                f"pass eval.inception_weights=<path of {WEIGHTS_FILE}>, the Inception-v3 weights torch-fidelity "
+                f"downloads from {WEIGHTS_URL} (docs/usage.md)."
+            )
+            return False
+        if self.cvae.condition_kind == "image":
+            log.info("Inception FID (eval.inception_weights) is skipped: this task conditions on images.")
+            return False
         return True
 
     def _samples_for_the_classifier(self):
@@ -297,6 +342,12 @@ class CVAEModule(L.LightningModule):
         metrics["sample_attribute_accuracy"] = (
             attribute_accuracies(classifier, generated, generated_labels, generated_features).mean().item()
         )
+        metrics["sample_attribute_balanced_accuracy"] = attribute_balanced_accuracy(
+            classifier, generated_features, generated_labels
+        )
+        metrics["classifier_attribute_balanced_accuracy"] = attribute_balanced_accuracy(
+            classifier, features(classifier, originals), generated_labels
+        )  # the classifier's own, on the test images whose vectors the samples were drawn for
         groups = getattr(self.trainer.datamodule, "attribute_groups", {})
         for name, value in group_accuracies(classifier, generated_features, generated_labels, groups).items():
             metrics[f"sample_accuracy_{name}"] = value

@@ -30,7 +30,7 @@ from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from cvae_exp.checks import build_data, check_values, epochs_done, validate
+from cvae_exp.checks import build_data, check_sweep, check_values, epochs_done, validate
 from cvae_exp.compose import composition_error
 from cvae_exp.errors import UserInputError, report_and_exit
 
@@ -40,6 +40,9 @@ RUN_DEFINING = ("model", "conditioning", "task", "prior", "data", "loss", "optim
 
 
 class Preflight(Callback):
+    def __init__(self, resuming: bool = False):
+        self.resuming = resuming  # a resumed sweep (cvae_exp/resume.py) goes on in its own, used, directory
+
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         with _reported():
             record = None
@@ -67,6 +70,7 @@ class Preflight(Callback):
                     f"resume={config.resume!r} continues one run; it cannot be part of a multirun (-m). Resume "
                     "each run on its own."
                 )
+            check_sweep(config)  # before claim() makes the sweep dir and Hydra writes multirun.yaml
             local = config.hydra.launcher._target_.endswith(
                 ("BasicLauncher", "JoblibLauncher")
             )  # jobs run on this machine
@@ -91,7 +95,8 @@ class Preflight(Callback):
                 check_job(job, devices_here=local, data_checked=data_checked, prefix=prefix)
             HydraConfig.instance().set_config(config)
             check_writable(sweep_dir, "hydra.sweep.dir")
-            claim(config, "sweep")
+            if not self.resuming:
+                claim(config, "sweep")
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         """One line for the whole sweep; a non-zero exit if any job failed."""
@@ -171,7 +176,7 @@ def job_overrides(config: DictConfig) -> list[list[str]]:
     sweepers (Optuna) draw their own values; their fixed overrides are checked here, and a
     drawn value that fails is recorded in that job's metrics.json."""
     arguments = list(config.hydra.overrides.task)
-    if config.hydra.sweeper._target_.endswith("BasicSweeper"):
+    if config.hydra.sweeper._target_.endswith(("BasicSweeper", "ResumableSweeper")):
         arguments = [f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()] + arguments
     parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
     (jobs,) = BasicSweeper.split_arguments(parser.parse_overrides(arguments), max_batch_size=None)
@@ -199,7 +204,11 @@ def claim(config: DictConfig, kind: str) -> None:
         raise UserInputError(
             f"The directory {key}={str(directory)!r} holds another {kind} ({found}); "
             f"a {kind} directory belongs to one {kind}. Choose a new {key}, or leave it to the default (one per start)"
-            + (f", or continue that run with resume={display_path(directory)}." if kind == "run" else ".")
+            + (
+                f", or continue that {kind} with resume={display_path(directory)}."
+                if kind == "run" or (directory / "multirun.yaml").is_file()
+                else "."
+            )
         )
     if not generated:
         return
@@ -268,13 +277,19 @@ def continue_run(config: DictConfig) -> tuple[dict, list[str]]:
             )
         top = key.split(".")[0]
         if top in RUN_DEFINING and key != "data.root" and OmegaConf.select(saved, key) != override.value():
+            checkpoint = f"ckpt_path={config.resume.rstrip('/')}/checkpoints/last.ckpt"
+            how = {  # ckpt_path brings the run's weights, optimizer, scheduler and random states; a new loss applies
+                "loss": f" ({checkpoint} starts it from that run's weights)",
+                "optim": f" ({checkpoint} would restore that run's optimizer state over it)",
+                "scheduler": f" ({checkpoint} would restore that run's scheduler state over it)",
+                "seed": f" ({checkpoint} would restore that run's random states over it)",
+            }.get(top, "")  # another network or data: that run's checkpoint cannot start it
             raise UserInputError(
                 f"Cannot change {key} (to {override.value()!r}, saved {OmegaConf.select(saved, key)!r}) of a "
                 "resumed run: "
                 f"resume={config.resume!r} trains on the checkpoint of that run, whose "
                 f"{', '.join(RUN_DEFINING)} are fixed; "
-                f"start a new run with {key}={override.value()} (ckpt_path=... starts it from that "
-                "checkpoint's weights)."
+                f"start a new run with {key}={override.value()}{how}."
             )
         OmegaConf.update(saved, key, override.value(), force_add=True)
     done = _epochs_in(last, run_dir)

@@ -2,6 +2,7 @@
 graded test of the best checkpoint; `train` returns what metrics.json holds. The
 cvae-train command (train.py) wraps it; scripts/benchmark.py times `build`'s parts."""
 
+import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,8 @@ from cvae_exp.errors import RunInterrupted
 from cvae_exp.module import CVAEModule
 from cvae_exp.preflight import read_resumes
 from cvae_exp.summary import run_summary
+
+log = logging.getLogger("cvae-train")
 
 
 def build(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> tuple[TensorDataModule, CVAEModule, L.Trainer]:
@@ -72,7 +75,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     share_cores_with_parallel_jobs()
     datamodule, module, trainer = build(cfg)
     with interruptible(trainer):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=start_checkpoint(cfg))
     train_time = next(c for c in trainer.callbacks if isinstance(c, Timer)).time_elapsed("train")
     if torch.distributed.is_initialized():  # data parallel: rank 0 evaluates alone, on one device
         torch.distributed.destroy_process_group()
@@ -122,7 +125,21 @@ def interruptible(trainer: L.Trainer):
     except (KeyboardInterrupt, SystemExit):
         if interruption.signal is None:
             raise
+        interruption.requeue()  # a preempted SLURM job: submitit requeues it and exits here
         raise RunInterrupted(interruption.signal, interruption.checkpoint, interruption.stage) from None
+
+
+def start_checkpoint(cfg: DictConfig) -> str | None:
+    """Where the fit starts: `ckpt_path` (None: from scratch), except in a SLURM job that was
+    requeued (preempted or out of time: SLURM_RESTART_COUNT counts its restarts) after its earlier
+    start saved checkpoints/last.ckpt in its run directory: the job continues from there. Lightning
+    would look only for the hpc_ckpt_*.ckpt files of its own requeue signal."""
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    if restarts and last.is_file():
+        log.info(f"Requeued SLURM job (restart {restarts}): continuing from {last}")
+        return str(last)
+    return cfg.ckpt_path
 
 
 def share_cores_with_parallel_jobs() -> None:

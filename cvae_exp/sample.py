@@ -15,7 +15,8 @@ Keys (defaults in brackets):
   seed    seed of the z draws [0]
   sampler where z comes from: prior (the run's p(z|c)) | gmm | flow (fitted per class to the
           training split's posterior means, saved in <run dir>/samplers/ and reused) [prior]
-  out     the image file to write; its directory is created [samples.png]
+  out     the image file to write; a missing folder is made for it (and removed if the
+          write fails) [samples.png]
   data_root  where the test images are, for image-conditioned runs [where the run found them]
 
 For a run of an image-conditioned task (task=quadrants, inpaint, superres), mode=grid
@@ -36,7 +37,7 @@ from PIL import Image
 
 from cvae_exp.errors import UserInputError, report_and_exit
 from cvae_exp.eval import find_checkpoint, load_module
-from cvae_exp.files import atomic_path
+from cvae_exp.files import atomic_path, check_output_path, undone_on_failure
 from cvae_exp.schema import SAMPLERS
 
 MODES = ("grid", "interpolate", "traverse")
@@ -79,10 +80,12 @@ def parse_overrides(overrides: list[str]) -> SampleConfig:
         raise UserInputError(f"sampler={config.sampler!r} is not a sampler; choose one of {', '.join(SAMPLERS)}.")
     if config.mode not in MODES:
         raise UserInputError(f"mode={config.mode!r} is not a mode; choose one of {', '.join(MODES)}.")
-    if Path(config.out).suffix.lower() not in Image.registered_extensions():
+    if Image.registered_extensions().get(Path(config.out).suffix.lower()) not in Image.SAVE:
         raise UserInputError(
-            f"out={config.out!r} needs an image file extension such as .png or .jpg, which picks the format."
+            f"out={config.out!r} needs the file extension of an image format that PIL writes, such as .png or "
+            ".jpg, which picks the format."
         )
+    check_output_path(Path(config.out), f"out={config.out!r}")
     return config
 
 
@@ -163,12 +166,20 @@ def dataset(module, config: SampleConfig):
 
 def save_atomically(grid, out: Path) -> None:
     """Write through a temporary file in the same directory and rename, so that a viewer
-    never shows half an image and a failed write leaves nothing behind."""
+    never shows half an image and a failed write leaves nothing behind, not even the folders
+    made for it: a user names a new folder (out=figures/grid.png) and gets it with the image."""
     from torchvision.utils import save_image
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as temporary:
-        save_image(grid, temporary)
+    try:
+        with undone_on_failure(out.parent):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(out) as temporary:
+                save_image(grid, temporary)
+    except (OSError, ValueError) as error:  # PIL: a format that cannot hold this grid; a full disk
+        raise UserInputError(
+            f"Cannot write out={str(out)!r}: {' '.join(str(error).split())}; nothing was written. Choose another "
+            "path or format (.png holds any grid)."
+        ) from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -185,9 +196,9 @@ def main(argv: list[str] | None = None) -> None:
         config = parse_overrides(argv[1:])
         checkpoint = find_checkpoint(Path(argv[0]))
         grid = draw(load_module(checkpoint), config, checkpoint)
+        save_atomically(grid, Path(config.out))
     except UserInputError as error:
         report_and_exit(error, "cvae-sample")
-    save_atomically(grid, Path(config.out))
     print(config.out)
 
 

@@ -49,7 +49,10 @@ class DataConfig:
     # the classifier metrics report each group's accuracy
     attribute_groups: dict[str, int] | None = None
     in_memory: Any = "auto"  # auto | true | false: batches from tensors on the device, or from a DataLoader
-    num_workers: int = 2  # the DataLoader's worker processes (in_memory false)
+    # The DataLoader's worker processes (in_memory false). 0: the training process copies each batch's rows
+    # from the memory map itself, cheaper on a CPU than workers that take cores from the training
+    # (docs/performance.md); workers pay off where reads wait on a disk or a GPU trains meanwhile.
+    num_workers: int = 0
 
 
 # The data configs of configs/data/ start from it (`defaults: [/schema/data@_here_]`), so that its
@@ -114,6 +117,10 @@ class EvalConfig:
     # sample_recall, by a CNN trained on the dataset once and cached in classifier_dir (cvae_exp/classifier.py)
     classifier_metrics: bool = True
     classifier_dir: str = "${paths.cache_dir}/classifiers"
+    # a file: test/inception_fid, the FID of the literature in Inception-v3's features, from these weights
+    # (torch-fidelity's weights-inception-2015-12-05-6726825d.pth) or a torch.save'd feature network of
+    # your own; null: none (cvae_exp/metrics/inception.py)
+    inception_weights: str | None = None
     gmm_components: int = 10  # sampler=gmm: Gaussians per class
     gmm_covariance: str = "full"  # full | diag
     flow_layers: int = 6  # sampler=flow: coupling layers of the class-conditional RealNVP

@@ -19,6 +19,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from cvae_exp.errors import UserInputError, report_and_exit
+from cvae_exp.preflight import display_path
 from cvae_exp.summary import run_summary
 
 SHOWN = ["epochs", "latent_dim", "lr"]  # always shown; other hyperparameters when they vary
@@ -240,13 +241,16 @@ def main(argv: list[str] | None = None) -> None:
     plot(rows, [c for c in varied if len({str(r.get(c)) for r in rows}) > 1], out / "table.png")
     print((out / "table.md").read_text(), end="")
     seeds = group_by_seed(rows, varied)
-    if any(group["runs"] > 1 for group in seeds):
+    seeds_written = any(group["runs"] > 1 for group in seeds)
+    if seeds_written:
         seed_columns = ["runs", "seeds", *[c for c in varied if c != "seed"]] + [
             f"{m}_{s}" for m in metrics_in(rows) for s in ("mean", "std")
         ]
         write_markdown(seeds, seed_columns, out / "table_seeds.md")
         write_csv(seeds, seed_columns, out / "table_seeds.csv")
         print("\nOver seeds (mean, std):\n" + (out / "table_seeds.md").read_text(), end="")
+    written = ["table.md", "table.csv", "table.png"] + (["table_seeds.md", "table_seeds.csv"] if seeds_written else [])
+    print(f"\ncvae-table: wrote {', '.join(written)} in {display_path(out)}")
 
 
 if __name__ == "__main__":

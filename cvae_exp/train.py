@@ -31,6 +31,7 @@ from cvae_exp.compose import (
 from cvae_exp.errors import RunInterrupted, TrainingDiverged, UserInputError, report_and_exit
 from cvae_exp.files import write_json
 from cvae_exp.preflight import display_path
+from cvae_exp.resume import resumed_sweep_arguments
 from cvae_exp.summary import run_summary
 
 log = logging.getLogger("cvae-train")
@@ -122,8 +123,8 @@ def execute(cfg: DictConfig) -> dict:
         }
         if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0:
             write_json(run_dir / "metrics.json", metrics)
-            newline = "\n" if sys.stdout.isatty() else ""  # not on the progress bar's line
-            log.warning(newline + closing_line(metrics, run_dir, time.perf_counter() - start))
+            end_progress_bar_line()
+            log.warning(closing_line(metrics, run_dir, time.perf_counter() - start))
         raise
     except Exception as error:
         reason = (
@@ -132,12 +133,25 @@ def execute(cfg: DictConfig) -> dict:
         metrics = {"status": "failed", "reason": reason, "hparams": run_summary(cfg)}
         if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0:  # one record under data parallelism
             write_json(run_dir / "metrics.json", metrics)
+            end_progress_bar_line()
             log.error(closing_line(metrics, run_dir, time.perf_counter() - start))
         raise  # a bug (not bad input, not divergence): Hydra shows the traceback
     if metrics:
         write_json(run_dir / "metrics.json", metrics)
         log.info(closing_line(metrics, run_dir, time.perf_counter() - start))
     return metrics
+
+
+def end_progress_bar_line() -> None:
+    """Close the progress bars that a run stopped mid-loop leaves open (Lightning closes them
+    at the end of each loop only): an open bar's line has no newline yet, so the closing line
+    would be glued to it, and the bar would be drawn once more at exit, below the error.
+    Closing draws its last state and ends its line; where no bar was drawn, nothing is written.
+    tqdm keeps its open bars in `tqdm._instances`, the set its own `tqdm.write` clears them by."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 def main() -> None:
@@ -160,7 +174,9 @@ def run_console_script() -> None:
     config is validated here too. A sweep's values are composed per job by Preflight.
     A user's `_target_`s may live in the working directory."""
     import_from_working_directory()
+    register_plugins()
     try:
+        sys.argv[1:] = resumed_sweep_arguments(sys.argv[1:])
         source, sys.argv[1:] = config_flags(sys.argv[1:])
         cfg = compose_train(fixed_overrides(sys.argv[1:]), output_dir=".", source=source)
         if "--cfg" in sys.argv or "-c" in sys.argv:
@@ -170,6 +186,19 @@ def run_console_script() -> None:
     job()
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN:
         exit_without_teardown()
+
+
+def register_plugins() -> None:
+    """Hydra finds plugins by listing the directories of the hydra_plugins namespace, where an
+    editable install has none (an import hook maps hydra_plugins.cvae_exp to cvae_exp/plugins/):
+    ours are registered by hand, as Hydra's Plugins.register allows. After Hydra's own scan,
+    which executes its plugin modules anew: ours must subclass the classes that scan made."""
+    from hydra.core.plugins import Plugins
+
+    plugins = Plugins.instance()
+    from hydra_plugins.cvae_exp.sweeper import ResumableSweeper
+
+    plugins.register(ResumableSweeper)
 
 
 CONFIG_FLAGS = {
@@ -242,7 +271,8 @@ def fixed_overrides(arguments: list[str]) -> list[str]:
         if skip or argument.startswith("-"):
             skip = argument in takes_value
             continue
-        composes = not argument.startswith("hydra") or argument.startswith("hydra.searchpath")
+        key = argument.lstrip("+~")
+        composes = not key.startswith("hydra") or key.startswith("hydra.searchpath")
         if composes and not is_sweep(argument):
             overrides.append(argument)
     return overrides

@@ -9,7 +9,7 @@ Three parts (--parts), each a goal of the data path:
               model, data, objective, optimizer and batch size (scripts/bare_loop.py's PlainLoop,
               with the model built for the task). Goal: framework/bare <= 1.10 per epoch.
   mmap        the same training with its batches from the memory-mapped cache through
-              DataLoader workers (data.in_memory=false, data.num_workers=--workers) against the
+              DataLoader (data.in_memory=false, data.num_workers=--mmap-workers) against the
               in-memory path (data.in_memory=true). Goal: mmap/in_memory <= 1.2 per epoch.
   throughput  images per second served by our path (the memory-mapped cache read batch by
               batch through TensorDataModule's DataLoader, --workers workers, uint8 batches turned
@@ -69,6 +69,7 @@ from cvae_exp.data.cache import cached, files_key
 from cvae_exp.data.datasets import load_coloured_mnist
 from cvae_exp.models import build_cvae
 from cvae_exp.run import build
+from cvae_exp.schema import DataConfig
 
 PARTS = ("framework", "mmap", "throughput")
 GOALS = {"framework": ("<=", 1.10), "mmap": ("<=", 1.2), "throughput": (">=", 3.0)}
@@ -161,7 +162,7 @@ def training_parts(parts: list[str], args, root: Path, device: torch.device) -> 
     its own) and the mmap run in turn, --repeats times."""
     common = training_overrides(args, root, device)
     in_memory = [*common, "data.in_memory=true"]
-    mapped = [*common, "data.in_memory=false", f"data.num_workers={args.workers}"]
+    mapped = [*common, "data.in_memory=false", f"data.num_workers={args.mmap_workers}"]
     framework, bare, mmap = [], [], []  # per repeat: (training phases, whole epochs) of the timed epochs
     for repeat in range(args.repeats):
         runs = [("in_memory", in_memory)] + ([("mmap", mapped)] if "mmap" in parts else [])
@@ -193,7 +194,7 @@ def training_parts(parts: list[str], args, root: Path, device: torch.device) -> 
             ratios = [median(ours[index]) / median(theirs[index]) for ours, theirs in zip(mmap, framework)]
             ratio = median(ratios)
             print(
-                f"mmap/in_memory ({phase}; {args.workers} workers): ratio {ratio:.3f} "
+                f"mmap/in_memory ({phase}; {args.mmap_workers} workers): ratio {ratio:.3f} "
                 f"({goal('mmap', ratio)}); mmap {median(sum((m[index] for m in mmap), [])):.3f} s, "
                 f"in-memory {median(sum((f[index] for f in framework), [])):.3f} s; per repeat {per_repeat(ratios)}"
             )
@@ -352,7 +353,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--limit-batches", type=int, default=None, help="for smoke runs: at most K batches per epoch")
     parser.add_argument("--batches", type=int, default=200, help="throughput: timed batches after a warm-up batch")
     parser.add_argument("--batch-size", type=int, default=128, help="of every path (coloured MNIST's config: 128)")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the mmap and loader paths")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of both loaders of throughput")
+    parser.add_argument(
+        "--mmap-workers",
+        type=int,
+        default=DataConfig.num_workers,
+        help="DataLoader workers of the mmap path (default: data.num_workers's)",
+    )
     parser.add_argument(
         "--folder-images", type=int, default=200_000, help="images of the synthetic folder (CelebA's train split: 162k)"
     )
@@ -372,9 +379,12 @@ def parse_args() -> argparse.Namespace:
     args.parts = [part.strip() for part in args.parts.split(",") if part.strip()]
     if not args.parts or set(args.parts) - set(PARTS):
         parser.error(f"--parts takes a comma-separated list of {', '.join(PARTS)}")
-    for name in ("repeats", "epochs", "batches", "batch_size", "folder_images", "workers"):
+    for name in ("repeats", "epochs", "batches", "batch_size", "folder_images"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("workers", "mmap_workers"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must be 0 (batches read in the training process) or more")
     args.work_dir = args.work_dir.resolve()
     args.folder = args.folder.resolve() if args.folder else None
     args.cache_dir = (args.cache_dir or args.work_dir / "cache").expanduser().resolve()

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from cvae_exp import compose
+from tests.slurm_cluster import slurm_cluster  # noqa: F401  (a session fixture: tests/test_slurm.py, test_readme.py)
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "MNIST" / "raw"
 

@@ -60,8 +60,16 @@ SKIPPED = {
     r"\.ci/run": "runs CI: the install and the whole test suite, of which this test is part",
     r"^ruff\s": "lints or formats the checkout; CI runs `ruff check .` and `ruff format --check .` on it",
     r"^pre-commit\s": "installs git hooks; the copy this test runs in is not a git repository",
-    r"hydra/launcher=slurm": "needs a SLURM cluster; tests/test_sweeps.py composes that launcher config",
+    r"hydra/launcher=slurm.*trainer=gpu": "needs a SLURM cluster with GPU nodes; its CPU variants in docs/usage.md "
+    "run on the test cluster (tests/slurm_cluster.py)",
+    r"^(scancel|scontrol)\s": "signals a running SLURM job by the id squeue shows; tests/test_slurm.py preempts a "
+    "job both ways",
+    r"hydra\.sweeper\.storage=postgresql://": "needs a PostgreSQL server; tests/test_optuna_storage.py shares a study "
+    "between two sweepers through one it starts",
 }
+# A command that matches this runs on the test SLURM cluster (the slurm_cluster fixture, which
+# skips, saying why, where slurm-wlm is not installed or not as root).
+NEEDS_SLURM = re.compile(r"hydra/launcher=slurm|^squeue\s")
 
 # A command that mentions any of these needs the real MNIST files (docs/usage.md copies
 # them from /path/to/MNIST/raw, here ../shared/data/MNIST/raw/; the scripts/reproduce_*.sh
@@ -469,10 +477,12 @@ def test_pages_have_commands():
 @pytest.mark.parametrize(
     "page, command", [pytest.param(page, command, id=command_id(page, command)) for page, command in PAGE_COMMANDS]
 )
-def test_documented_command(page, command, workspace):
+def test_documented_command(page, command, workspace, request):
     reason = skip_reason(command)
     if reason:
         pytest.skip(reason)
+    if NEEDS_SLURM.search(command):
+        request.getfixturevalue("slurm_cluster")  # sets SLURM_CONF, which the command inherits
     as_run = shorten(fill_placeholders(command, workspace), SHARED_MNIST.is_dir())
     if is_server(command):
         status, output = run_server(as_run, workspace, workspace.parent / "server.log")

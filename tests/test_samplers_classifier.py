@@ -212,3 +212,42 @@ def test_precision_recall_match_numpy_and_known_cases():
 
     precision, recall = precision_recall(torch.cat([draw(0), draw(1)]), draw(0), k=3)
     assert precision > 0.95 and 0.45 < recall < 0.52
+
+
+def _logit_classifier(attributes: int) -> Classifier:
+    """A classifier whose head passes its input through: the 'features' given are the logits."""
+    classifier = Classifier((1, 8, 8), attributes)
+    classifier.head = torch.nn.Identity()
+    return classifier
+
+
+def test_attribute_accuracies_against_sklearn():
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+    generator = torch.Generator().manual_seed(0)
+    rare = torch.rand(500, 6, generator=generator) < torch.tensor([0.05, 0.1, 0.3, 0.5, 0.7, 0.9])
+    logits = torch.randn(500, 6, generator=generator) + 1.5 * (rare.float() * 2 - 1)  # informative, with errors
+    vectors = rare.float()
+    classifier = _logit_classifier(6)
+    predicted = (logits > 0).numpy()
+    plain = classifier_module.attribute_accuracies(classifier, None, vectors, logits)
+    expected = [accuracy_score(vectors[:, j].numpy(), predicted[:, j]) for j in range(6)]
+    assert plain.tolist() == pytest.approx(expected)
+    balanced = classifier_module.attribute_balanced_accuracy(classifier, logits, vectors)
+    expected = np.mean([balanced_accuracy_score(vectors[:, j].numpy(), predicted[:, j]) for j in range(6)])
+    assert balanced == pytest.approx(expected)
+    # predicting every attribute absent: the plain accuracy is the absent share, the balanced one 0.5
+    nothing = torch.full((500, 6), -1.0)
+    assert classifier_module.attribute_balanced_accuracy(classifier, nothing, vectors) == pytest.approx(0.5)
+    # an attribute present in every vector has no true-negative rate: it is left out
+    vectors[:, 0] = 1
+    kept = [balanced_accuracy_score(vectors[:, j].numpy(), predicted[:, j]) for j in range(1, 6)]
+    assert classifier_module.attribute_balanced_accuracy(classifier, logits, vectors) == pytest.approx(np.mean(kept))
+
+
+def test_group_accuracies_take_the_most_likely_attribute_of_each_group():
+    classifier = _logit_classifier(5)
+    logits = torch.tensor([[2.0, 1.0, 0.0, 0.1, 0.2], [0.0, 1.0, 3.0, 0.5, 0.4], [5.0, 0.0, 0.0, -1.0, -2.0]])
+    vectors = torch.tensor([[1.0, 0, 0, 0, 1], [0, 1, 0, 1, 0], [1, 0, 0, 1, 0]])
+    found = classifier_module.group_accuracies(classifier, logits, vectors, {"digit": 3, "colour": 2})
+    assert found == {"digit": pytest.approx(2 / 3), "colour": pytest.approx(1.0)}

@@ -22,7 +22,14 @@ LAYERS = [
         "cvae_exp.classifier",
     ],
     ["cvae_exp.module", "cvae_exp.callbacks", "cvae_exp.loggers"],
-    ["cvae_exp.checks", "cvae_exp.run", "cvae_exp.preflight"],
+    [
+        "cvae_exp.checks",
+        "cvae_exp.run",
+        "cvae_exp.preflight",
+        "cvae_exp.resume",
+        "cvae_exp.plugins",
+        "cvae_exp.optuna_sweeper",
+    ],
     ["cvae_exp.train", "cvae_exp.eval", "cvae_exp.sample", "cvae_exp.table", "cvae_exp.api"],
 ]
 

@@ -10,6 +10,7 @@ format that the tests write. Offline, the message names the files and where they
 
 import functools
 import math
+import os
 import pickle
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from cvae_exp.data.cache import Chunks, cached, files_key
 from cvae_exp.data.folders import DECODE_BATCH, decode
 from cvae_exp.data.sources import ImageSplits, load_torchvision
 from cvae_exp.errors import UserInputError
+from cvae_exp.files import undone_on_failure
 
 CIFAR = {  # torchvision class -> its folder, files and label key
     "CIFAR10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"),
@@ -34,13 +36,10 @@ def _fetch(dataset: str, root: Path, needed: list[Path], advice: str, **argument
         return
     from torchvision import datasets
 
-    new_dirs = [path for path in [root, *root.parents] if not path.exists()]
     try:
-        getattr(datasets, dataset)(str(root), download=True, **arguments)
+        with undone_on_failure(Path(os.path.commonpath(needed))):  # a failed download leaves no folder behind
+            getattr(datasets, dataset)(str(root), download=True, **arguments)
     except (OSError, RuntimeError) as error:
-        for path in new_dirs:  # leave nothing behind a failed download
-            if path.is_dir() and not any(path.iterdir()):
-                path.rmdir()
         missing = ", ".join(str(path) for path in needed if not path.exists())
         raise UserInputError(
             f"{dataset} is not under data.root and could not be downloaded ({' '.join(str(error).split())}). It needs "
@@ -78,8 +77,9 @@ def load_svhn(root: Path) -> ImageSplits:
 
     base = Path(root) / "SVHN"
     needed = [base / f"{split}_32x32.mat" for split in ("train", "test")]
-    for split, path in zip(("train", "test"), needed):
-        _fetch("SVHN", base, [path], "download it from http://ufldl.stanford.edu/housenumbers/.", split=split)
+    with undone_on_failure(base):  # a failed test download takes the train file with it
+        for split, path in zip(("train", "test"), needed):
+            _fetch("SVHN", base, [path], "download it from http://ufldl.stanford.edu/housenumbers/.", split=split)
 
     def read(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         try:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from cvae_exp.errors import UserInputError
+from cvae_exp.files import undone_on_failure
 
 
 @dataclass
@@ -83,14 +84,11 @@ def load_torchvision(root: Path, dataset: str) -> ImageSplits:
             "function (docs/extending.md)."
         )
     root = Path(root)
-    new_dirs = [path for path in (root, root / dataset, root / dataset / "raw") if not path.exists()]
     try:
-        train = dataset_class(str(root), train=True, download=True)
-        test = dataset_class(str(root), train=False, download=True)
+        with undone_on_failure(_download_folder(root, dataset)):  # a failed download leaves no folder behind
+            train = dataset_class(str(root), train=True, download=True)
+            test = dataset_class(str(root), train=False, download=True)
     except (OSError, RuntimeError) as error:
-        for path in reversed(new_dirs):  # leave nothing behind a failed download
-            if path.is_dir() and not any(path.iterdir()):
-                path.rmdir()
         files = _original_files(dataset_class)
         raise UserInputError(
             f"{dataset} is not under data.root={str(root)!r} and could not be downloaded "
