@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from hydra_plugins.cvae_exp.sweeper import job_plan
+
 from tests.helpers import run_cli
 
 FAST = [
