@@ -158,3 +158,34 @@ def test_a_preempted_job_is_requeued_and_continues_from_its_checkpoint(slurm_clu
     final = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert final["epoch"] == epochs - 1 and final["global_step"] > before["global_step"], sweep.report(output)
     assert "multirun finished: 1 completed" in output, sweep.report(output)
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_login_node_was_lost_resumes_on_the_cluster(slurm_cluster, tmp_path):
+    sweep = Sweep(slurm_cluster, tmp_path, "trainer=cpu", "data.batch_size=16", "trainer.max_epochs=1,15")
+    finished, stopped = sweep.dir / "0", sweep.dir / "1"
+    sweep.wait_for(lambda: (finished / "metrics.json").is_file(), "job 0 to finish")
+    sweep.wait_for(lambda: any(stopped.glob("checkpoints/epoch_*.ckpt")), "job 1's first epoch")
+    os.killpg(sweep.process.pid, signal.SIGKILL)  # the login node's sweep is gone; job 1 trains on
+    sweep.process.communicate()
+    (job,) = [path.name for path in (sweep.dir / ".submitit").iterdir() if path.name.endswith("_1")]
+    slurm_cluster.run("scancel", job)  # and is then cancelled: SIGTERM, a last.ckpt, status interrupted
+    deadline = time.monotonic() + 120
+    while not (stopped / "metrics.json").is_file() or metrics(stopped)["status"] != "interrupted":
+        assert time.monotonic() < deadline, sweep.report()
+        time.sleep(0.2)
+    kept = (finished / "metrics.json").stat().st_mtime_ns
+
+    result = subprocess.run(
+        [sys.executable, "-m", "cvae_exp.train", f"resume={sweep.dir}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=SWEEP_TIMEOUT_S,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, sweep.report(output)
+    assert "1 finished, kept: jobs 0; 1 continued from their last.ckpt: jobs 1" in output, sweep.report(output)
+    assert (finished / "metrics.json").stat().st_mtime_ns == kept
+    assert metrics(stopped)["status"] == "completed" and metrics(stopped)["epochs"] == 15, sweep.report(output)
+    assert "multirun finished: 2 completed" in output, sweep.report(output)
