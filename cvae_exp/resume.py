@@ -5,7 +5,8 @@ The sweep's multirun.yaml records them (Hydra's own and the task's) and the conf
 they become the command line of a multirun into the same hydra.sweep.dir, whose sweeper
 decides per job what is left to do: the basic sweeper's resumable form
 (cvae_exp/plugins/sweeper.py) keeps finished jobs and continues interrupted ones from their
-last.ckpt, Optuna's continues its study from the storage in that directory. Preflight is told
+last.ckpt. (An Optuna search resumes by running it again into its sweep directory, whose
+storage holds the study: cvae_exp/optuna_sweeper.py.) Preflight is told
 that the used sweep directory is this sweep's own. `resume=<run dir>` of one run is
 cvae_exp/preflight.py's `continue_run`.
 """
