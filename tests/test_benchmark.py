@@ -57,8 +57,8 @@ DATA_SCRIPT = SCRIPT.with_name("benchmark_data.py")
 DATA_RATIOS = [  # the start of each ratio line scripts/benchmark_data.py prints
     "framework/bare (training phase per epoch): ratio ",
     "framework whole epoch/bare (validation and checkpoints added): ratio ",
-    "mmap/in_memory (training phase per epoch; 2 workers): ratio ",
-    "mmap/in_memory (whole epoch, validation and checkpoints added; 2 workers): ratio ",
+    "mmap/in_memory (training phase per epoch; 0 workers): ratio ",
+    "mmap/in_memory (whole epoch, validation and checkpoints added; 0 workers): ratio ",
     "ours/ImageFolder images per second, synthetic folder ",
     "ours/ImageFolder images per second, coloured MNIST ",
 ]
