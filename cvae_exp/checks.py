@@ -148,7 +148,7 @@ def validate(cfg: DictConfig, devices_here: bool = True) -> DictConfig:
                 f"this run logs no val/ssim ({no_ssim}); it logs val/loss, val/recon, "
                 "val/kl and val/mse (over its target pixels)",
             )
-    _check_objective(typed.loss)
+    _check_objective(typed.loss, model)
     _check_trainer_arguments(typed.trainer)
     _check_module(typed.module)
     _check_callbacks(typed.callbacks or {})
@@ -363,11 +363,16 @@ def _check_callbacks(callbacks: DictConfig) -> None:
         _constructs(callback, f"callbacks.{name}", "See configs/callbacks/default.yaml for its keys.")
 
 
-def _check_objective(loss: DictConfig) -> None:
-    """The objective constructs (microseconds), so that a user's objective refuses its bad
-    arguments here, not at the first training step."""
+def _check_objective(loss: DictConfig, model) -> None:
+    """The objective constructs (microseconds) and, where it has a `check(model)`, accepts the
+    model, so that an objective refuses its bad arguments, or a model it cannot train, here,
+    not at the first training step."""
     advice = "loss._target_ names an objective class (configs/loss/, docs/extending.md), the other keys its arguments."
-    _constructs(loss, "loss", advice)
+    objective = _constructs(loss, "loss", advice)
+    try:
+        getattr(objective, "check", lambda model: None)(model)
+    except ValueError as error:
+        raise UserInputError(f"Invalid config at loss: {error}.") from None
 
 
 def build_data(data: DictConfig):

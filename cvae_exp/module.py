@@ -81,6 +81,12 @@ class CVAEModule(L.LightningModule):
         self.train_sums: torch.Tensor | None = None
         self.train_count = 0
 
+    def setup(self, stage: str) -> None:
+        """An objective that estimates the aggregate posterior from batches (beta-TCVAE) learns
+        the training set's size N from the data, unless its config gives one."""
+        if getattr(self.objective, "dataset_size", False) is None and self.trainer.datamodule is not None:
+            self.objective.dataset_size = len(self.trainer.datamodule.labels("train"))
+
     @property
     def graded(self) -> bool:
         """Whether the lab's grader (SSIM, per-class FID, Score) applies (cvae_exp/evaluation.py)."""
