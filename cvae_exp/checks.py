@@ -9,6 +9,7 @@ refused before those imports (seconds on a small CPU).
 """
 
 import inspect
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -69,12 +70,13 @@ def check_sweep(config: DictConfig) -> None:
     launcher, sweeper = config.hydra.launcher, config.hydra.sweeper
     if launcher._target_.endswith("JoblibLauncher"):
         n_jobs = launcher.n_jobs
+        cpus = os.cpu_count() or 1
         _require(
-            n_jobs is None or (isinstance(n_jobs, int) and n_jobs != 0),
+            n_jobs is None or (isinstance(n_jobs, int) and n_jobs != 0 and cpus + 1 + min(n_jobs, 0) >= 1),
             "hydra.launcher.n_jobs",
             n_jobs,
             "must be a non-zero integer: the jobs run at once, -1 for one per CPU, -2 for all CPUs but one "
-            "(joblib runs n_cpus + 1 + n_jobs for a negative n_jobs)",
+            f"(joblib runs n_cpus + 1 + n_jobs for a negative n_jobs: at least -{cpus} on this machine's {cpus} CPUs)",
         )
     if launcher._target_.startswith("hydra_plugins.hydra_submitit_launcher."):
         for key in ("timeout_min", "nodes", "tasks_per_node", "cpus_per_task", "mem_gb"):

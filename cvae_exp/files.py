@@ -1,6 +1,7 @@
 """Files written whole or not at all: a reader never sees half a file, and a failed write
-leaves nothing behind."""
+leaves nothing behind; and the lock that tells a live run's directory from a dead one's."""
 
+import fcntl
 import json
 import os
 import shutil
@@ -54,3 +55,47 @@ def check_output_path(path: Path, name: str) -> None:
 def write_json(path: Path, content: dict[str, Any]) -> None:
     with atomic_path(path) as temporary:
         temporary.write_text(json.dumps(content, indent=2) + "\n")
+
+
+_HELD: dict[Path, int] = {}  # the locks this process holds, by path: held until it exits
+
+
+def _open(path: Path, create: bool) -> int:
+    if path.is_dir():
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    return os.open(path, os.O_WRONLY | os.O_APPEND | (os.O_CREAT if create else 0), 0o644)
+
+
+def hold(path: Path) -> bool:
+    """Lock `path` (a run's train.log, made if absent and never truncated; a sweep's directory)
+    for as long as this process lives; False where another process holds it. The kernel drops
+    the lock when the process ends, however it ends (kill -9, a lost node), so a dead run never
+    blocks its resume, and a live one always does. An advisory flock: across machines it needs
+    a shared file system with locking (NFS with lockd, Lustre with flock)."""
+    path = Path(path).resolve()
+    if path in _HELD:
+        return True
+    descriptor = _open(path, create=True)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        return False
+    _HELD[path] = descriptor
+    return True
+
+
+def held_elsewhere(path: Path) -> bool:
+    """Whether another process holds `path`'s lock now (a missing file: no)."""
+    path = Path(path).resolve()
+    if path in _HELD or not path.exists():
+        return False
+    descriptor = _open(path, create=False)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(descriptor, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(descriptor)

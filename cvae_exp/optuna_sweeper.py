@@ -50,6 +50,7 @@ from cvae_exp.errors import UserInputError, report_and_exit
 
 log = logging.getLogger(__name__)
 
+SEARCH_ATTR = "cvae_exp:search"  # the overrides and search space a study was started with
 SAMPLER_ATTR = "cvae_exp:sampler"  # the study's system attribute that holds the pickled sampler
 WAIT_POLL_S = 2  # how often a process that waits for the others' trials looks at the study
 
@@ -165,7 +166,34 @@ class ResumableOptunaSweeperImpl(OptunaSweeperImpl):
                 f"{' and '.join(found)}, not to {' and '.join(directions)} as hydra.sweeper.direction says: "
                 "a study keeps its direction. Name a new study (hydra.sweeper.study_name) or storage."
             )
+        self._check_same_search(study)
         return study
+
+    def _check_same_search(self, study: optuna.Study) -> None:
+        """A study's trials compare only under one config: every start (and every process that
+        shares the study) must give the overrides and search space of the first."""
+        search = {
+            "overrides": sorted(  # where the data lies may differ between machines
+                str(override) for override in self.config.hydra.overrides.task if not override.startswith("data.root=")
+            ),
+            "params": OmegaConf.to_container(self.config.hydra.sweeper.params or {}, resolve=False),
+            "config_name": str(self.config.hydra.job.config_name),
+        }
+        recorded = study.user_attrs.get(SEARCH_ATTR)
+        if recorded is None:
+            study.set_user_attr(SEARCH_ATTR, search)
+            return
+        if recorded != search:
+            changes = [
+                f"{key}: {recorded.get(key)!r} then, {value!r} now" for key, value in search.items()
+                if recorded.get(key) != value
+            ]  # fmt: skip
+            raise UserInputError(
+                f"The study {study.study_name!r} in hydra.sweeper.storage={_shown(self.storage)} was started with "
+                f"another search ({'; '.join(changes)}): its trials would not compare. Run the search's own command "
+                "again (only hydra.* settings such as hydra.sweeper.n_trials may differ), or start a new study "
+                "(a new hydra.sweep.dir, or hydra.sweeper.study_name)."
+            )
 
     def _log_start(self, storage: BaseStorage, study_id: int) -> None:
         trials = storage.get_all_trials(study_id, deepcopy=False)

@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from cvae_exp.checks import build_data, check_sweep, check_values, epochs_done, validate
 from cvae_exp.compose import composition_error
 from cvae_exp.errors import UserInputError, report_and_exit
+from cvae_exp.files import held_elsewhere, hold
 
 RESUMES_FILE = Path(".hydra") / "resumes.yaml"
 # What a resumed run cannot change: the model, what it is trained on and how (data.root may move)
@@ -49,13 +50,18 @@ class Preflight(Callback):
             with read_write(config), open_dict(config):
                 if config.get("resume"):
                     record = continue_run(config)
+            first_rank = os.environ.get("LOCAL_RANK", "0") == "0"  # DDP starts the command again per rank
+            if record is not None and first_rank and not hold(Path(config.resume) / "train.log"):
+                raise UserInputError(
+                    f"Cannot resume resume={display_path(Path(config.resume))}: the run is running now (another "
+                    "process holds its train.log); wait for it to end, or stop it (Ctrl-C, kill) and resume then."
+                )
             HydraConfig.instance().set_config(config)  # resolves ${hydra:...} in the run dir
             with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
                 config.hydra.runtime.output_dir = os.path.abspath(str(config.hydra.run.dir))
             HydraConfig.instance().set_config(config)
             check_job(config)
             check_writable(Path(config.hydra.runtime.output_dir), "hydra.run.dir")
-            first_rank = os.environ.get("LOCAL_RANK", "0") == "0"  # DDP starts the command again per rank
             if first_rank and record is None:
                 claim(config, "run")
                 HydraConfig.instance().set_config(config)
@@ -65,11 +71,16 @@ class Preflight(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         with _reported():
             sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
-            if config.get("resume"):
+            swept = [override for override in config.hydra.overrides.task if override.startswith("resume=")]
+            if config.get("resume") or swept:
+                value = config.get("resume") or swept[0].partition("=")[2]
                 raise UserInputError(
-                    f"resume={config.resume!r} continues one run; it cannot be part of a multirun (-m). Resume "
-                    "each run on its own."
+                    f"resume={value} cannot be part of a multirun (-m): resume=<run dir> continues one run "
+                    "(cvae-train resume=<run dir>, once per run) and resume=<sweep dir> a whole sweep "
+                    "(cvae-train resume=<sweep dir>)."
                 )
+            if self.resuming:
+                _refuse_a_live_sweep(sweep_dir)
             check_sweep(config)  # before claim() makes the sweep dir and Hydra writes multirun.yaml
             local = config.hydra.launcher._target_.endswith(
                 ("BasicLauncher", "JoblibLauncher")
@@ -97,6 +108,9 @@ class Preflight(Callback):
             check_writable(sweep_dir, "hydra.sweep.dir")
             if not self.resuming:
                 claim(config, "sweep")
+            sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()  # claim() may have renamed it
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            hold(sweep_dir)  # while this process lives, the sweep is live
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         """One line for the whole sweep; a non-zero exit if any job failed."""
@@ -116,6 +130,22 @@ class Preflight(Callback):
         )
         if "failed" in statuses:
             sys.exit(1)
+
+
+def _refuse_a_live_sweep(sweep_dir: Path) -> None:
+    """A resumed sweep may not run beside the process that runs it still, nor beside a live job of it."""
+    if held_elsewhere(sweep_dir):
+        raise UserInputError(
+            f"Cannot resume the sweep {display_path(sweep_dir)}: it is running now (another process holds its "
+            "directory's lock); wait for it to end, or stop it (Ctrl-C, kill) and resume then."
+        )
+    live = sorted(log.parent.name for log in sweep_dir.glob("*/train.log") if held_elsewhere(log))
+    if live:
+        raise UserInputError(
+            f"Cannot resume the sweep {display_path(sweep_dir)}: its job{'s' * (len(live) > 1)} {' '.join(live)} "
+            "run now (another process, here or on another node, holds their train.log); wait for them to end, or "
+            "stop them (scancel, kill) and resume then."
+        )
 
 
 class _reported:
@@ -199,6 +229,11 @@ def claim(config: DictConfig, kind: str) -> None:
     generated = "${now:" in str(OmegaConf.to_container(node, resolve=False)["dir"])
     directory = Path(str(node.dir)).absolute()
     used = lambda path: path.is_dir() and any((path / mark).exists() for mark in marks)  # noqa: E731
+    if used(directory) and not generated and (held_elsewhere(directory / "train.log") or held_elsewhere(directory)):
+        raise UserInputError(
+            f"The directory {key}={str(directory)!r} is in use: a {kind} is writing there now (another process "
+            f"holds its lock). Choose a new {key}, or leave it to the default (one per start)."
+        )
     if used(directory) and not generated:
         found = ", ".join(mark for mark in marks if (directory / mark).exists())
         raise UserInputError(
@@ -342,6 +377,11 @@ def _epochs_in(last: Path, run_dir: Path) -> int:
 def record_resume(run_dir: Path, new_config: dict, overrides: list[str]) -> None:
     """The run's config with the resume's values, and one more entry in .hydra/resumes.yaml."""
     (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(new_config)))
+    append_resume(run_dir, overrides)
+
+
+def append_resume(run_dir: Path, overrides: list[str]) -> None:
+    """One more entry in .hydra/resumes.yaml: when, with which overrides (metrics.json copies them)."""
     resumes = read_resumes(run_dir) + [{"time": datetime.now().isoformat(timespec="seconds"), "overrides": overrides}]
     (run_dir / RESUMES_FILE).write_text(yaml.safe_dump(resumes, sort_keys=False))
 

@@ -11,6 +11,7 @@ table_seeds.md and table_seeds.csv.
 import argparse
 import csv
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -239,7 +240,6 @@ def main(argv: list[str] | None = None) -> None:
     write_markdown(rows, columns, out / "table.md")
     write_csv(rows, columns, out / "table.csv")
     plot(rows, [c for c in varied if len({str(r.get(c)) for r in rows}) > 1], out / "table.png")
-    print((out / "table.md").read_text(), end="")
     seeds = group_by_seed(rows, varied)
     seeds_written = any(group["runs"] > 1 for group in seeds)
     if seeds_written:
@@ -248,9 +248,14 @@ def main(argv: list[str] | None = None) -> None:
         ]
         write_markdown(seeds, seed_columns, out / "table_seeds.md")
         write_csv(seeds, seed_columns, out / "table_seeds.csv")
-        print("\nOver seeds (mean, std):\n" + (out / "table_seeds.md").read_text(), end="")
     written = ["table.md", "table.csv", "table.png"] + (["table_seeds.md", "table_seeds.csv"] if seeds_written else [])
-    print(f"\ncvae-table: wrote {', '.join(written)} in {display_path(out)}")
+    try:  # every file is written first: a reader that stops early (| head) cuts the printout only
+        print((out / "table.md").read_text(), end="")
+        if seeds_written:
+            print("\nOver seeds (mean, std):\n" + (out / "table_seeds.md").read_text(), end="")
+        print(f"\ncvae-table: wrote {', '.join(written)} in {display_path(out)}", flush=True)
+    except BrokenPipeError:  # Python's advice: point stdout at devnull, so that its flush at exit cannot fail
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

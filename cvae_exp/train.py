@@ -29,7 +29,7 @@ from cvae_exp.compose import (
     import_from_working_directory,
 )
 from cvae_exp.errors import RunInterrupted, TrainingDiverged, UserInputError, report_and_exit
-from cvae_exp.files import write_json
+from cvae_exp.files import hold, write_json
 from cvae_exp.preflight import display_path
 from cvae_exp.resume import resumed_sweep_arguments
 from cvae_exp.summary import run_summary
@@ -44,7 +44,9 @@ def closing_line(metrics: dict[str, Any], run_dir: Path, seconds: float) -> str:
         return f"cvae-train: failed after {seconds:.0f} s: {metrics['reason']} Run dir: {place}"
     if metrics["status"] == "interrupted":
         how = f"continue it with: cvae-train resume={place}" if metrics["resumable"] else "it kept no checkpoint"
-        if metrics.get("stage") == "test":
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            how = continue_sweep_hint(metrics["resumable"])
+        elif metrics.get("stage") == "test":
             how = f"its training had finished; test its best checkpoint with: cvae-eval {place}"
         return f"cvae-train: interrupted by {metrics['signal']} after {seconds:.0f} s; {how}. Run dir: {place}"
     test = metrics["test"]
@@ -83,6 +85,19 @@ def closing_line(metrics: dict[str, Any], run_dir: Path, seconds: float) -> str:
     )
 
 
+def continue_sweep_hint(resumable: bool) -> str:
+    """How to go on with the sweep a job belongs to: its job alone would leave the others undone,
+    and an Optuna trial's job outside its study would be counted by no one."""
+    sweep = HydraConfig.get().sweep.dir
+    kept = "" if resumable else " (this job kept no checkpoint: it starts again)"
+    if "optuna" in HydraConfig.get().sweeper._target_.lower():
+        return (
+            f"continue the search by running its command again with hydra.sweep.dir={display_path(Path(sweep))}: "
+            f"this trial is retried{kept}"
+        )
+    return f"continue the sweep with: cvae-train resume={display_path(Path(sweep))}{kept}"
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
 def job(cfg: DictConfig) -> float:
     """One job: returns the best checkpoint's validation `optimized_metric` (what a
@@ -90,6 +105,16 @@ def job(cfg: DictConfig) -> float:
     run then exits non-zero with one paragraph, a multirun's job returns NaN so that the
     other jobs run (the sweep's summary exits non-zero at the end)."""
     logging.captureWarnings(True)  # library warnings go to train.log (configs/hydra/default.yaml), not the console
+    run_dir = Path(cfg.paths.output_dir)
+    if first_process() and not hold(run_dir / "train.log"):  # a resumed sweep's job that another process runs
+        error = UserInputError(
+            f"The run directory {display_path(run_dir)} is in use: another process runs there now (it holds its "
+            "train.log); nothing was written."
+        )
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            log.error(f"cvae-train: {error}")
+            return float("nan")
+        report_and_exit(error, "cvae-train")
     try:
         metrics = execute(cfg)
     except RunInterrupted as interrupted:  # a sweep stops too: its remaining jobs would be signalled alike
@@ -121,7 +146,7 @@ def execute(cfg: DictConfig) -> dict:
             "resumable": interrupted.stage == "fit" and (run_dir / "checkpoints" / "last.ckpt").is_file(),
             "hparams": run_summary(cfg),
         }
-        if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0:
+        if first_process():
             write_json(run_dir / "metrics.json", metrics)
             end_progress_bar_line()
             log.warning(closing_line(metrics, run_dir, time.perf_counter() - start))
@@ -131,7 +156,7 @@ def execute(cfg: DictConfig) -> dict:
             str(error) if isinstance(error, (UserInputError, TrainingDiverged)) else f"{type(error).__name__}: {error}"
         )
         metrics = {"status": "failed", "reason": reason, "hparams": run_summary(cfg)}
-        if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0:  # one record under data parallelism
+        if first_process():  # one record under data parallelism
             write_json(run_dir / "metrics.json", metrics)
             end_progress_bar_line()
             log.error(closing_line(metrics, run_dir, time.perf_counter() - start))
@@ -140,6 +165,12 @@ def execute(cfg: DictConfig) -> dict:
         write_json(run_dir / "metrics.json", metrics)
         log.info(closing_line(metrics, run_dir, time.perf_counter() - start))
     return metrics
+
+
+def first_process() -> bool:
+    """Whether this is the run's first process (rank 0 of a data-parallel run, which Lightning
+    starts once per device, or srun once per task; a run of one process is its own first)."""
+    return all(int(os.environ.get(name, 0)) == 0 for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
 
 
 def end_progress_bar_line() -> None:

@@ -213,3 +213,20 @@ def test_sweeper_processes_share_one_study(tmp_path, request, backend):
     table = run_cli(str(sweep), cwd=tmp_path, tool="table")
     assert table.returncode == 0, table.stderr[-2000:]
     assert (sweep / "table.md").read_text().count("| completed |") == 6
+
+
+@pytest.mark.slow  # one trial, then a refused start: about 20 s
+def test_a_study_refuses_a_start_with_another_search(tmp_path):
+    sweep = tmp_path / "sweep"
+    search = [*SEARCH, "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}"]
+    first = run_cli(*search, "hydra.sweeper.n_trials=1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = sorted(path.relative_to(sweep) for path in sweep.rglob("*"))
+    other = [*SEARCH, "trainer.max_epochs=2", f"hydra.sweep.dir={sweep}"]
+    refused = run_cli(*other, "hydra.sweeper.n_trials=2", cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "was started with another search" in refused.stderr and "trainer.max_epochs=2" in refused.stderr
+    assert len(trials(sqlite(sweep))) == 1
+    assert sorted(path.relative_to(sweep) for path in sweep.rglob("*") if ".lock" not in path.name) == [
+        path for path in before if ".lock" not in path.name
+    ]

@@ -122,3 +122,66 @@ def test_a_resumed_sweep_keeps_its_overrides(tmp_path):
     assert result.returncode == 2
     assert "Cannot change model.latent_dim=4 of a resumed sweep" in result.stderr
     assert sorted(path.name for path in sweep.iterdir()) == ["multirun.yaml"]
+
+
+def test_a_multirun_over_resume_values_is_refused(tmp_path):
+    result = run_cli("-m", "resume=outputs/runs/a,outputs/runs/b", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "resume=outputs/runs/a,outputs/runs/b cannot be part of a multirun (-m)" in result.stderr
+    assert "Traceback" not in result.stderr and not list(tmp_path.iterdir())
+
+
+def _hold(path: Path) -> subprocess.Popen:
+    """A process that holds `path`'s lock as a live run or sweep does, until it is killed."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from cvae_exp.files import hold; hold({str(path)!r}); print('held', flush=True); "
+         "import time; time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+@pytest.mark.slow  # a sweep of two one-epoch jobs, then three refusals: about 40 s
+def test_a_run_or_sweep_that_is_running_now_is_not_resumed_beside_it(tmp_path):
+    """Two processes would write one directory: resume waits for a live run, a live sweep, or
+    a live job of a sweep (its train.log locked by the process that trains it, here or on a node)."""
+    sweep = tmp_path / "sweep"
+    result = run_cli("-m", *FAST, "trainer.max_epochs=1", "seed=1,2", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    job = sweep / "1"
+    (job / "metrics.json").write_text(json.dumps({**_status(job), "status": "interrupted", "signal": "SIGTERM"}))
+    before = {path: path.read_bytes() for path in sorted(sweep.rglob("*")) if path.is_file()}
+    for held, command, message in (
+        (job / "train.log", [f"resume={job}", "trainer.max_epochs=2"], "the run is running now"),
+        (sweep, [f"resume={sweep}"], "it is running now (another process holds its directory's lock)"),
+        (job / "train.log", [f"resume={sweep}"], "its job 1 run now"),
+    ):
+        holder = _hold(held)
+        try:
+            refused = run_cli(*command, cwd=tmp_path)
+        finally:
+            holder.kill()
+            holder.wait()
+        assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
+        assert message in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+        assert {path: path.read_bytes() for path in sorted(sweep.rglob("*")) if path.is_file()} == before
+
+    resumed = run_cli(f"resume={sweep}", cwd=tmp_path)  # the holder is gone: the job continues
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _status(job)["status"] == "completed" and _status(job)["resumes"][0]["overrides"] == [f"resume={sweep}"]
+
+
+@pytest.mark.slow  # a sweep interrupted in its second job: about 30 s
+def test_an_interrupted_sweep_job_names_the_sweeps_resume_command(tmp_path):
+    sweep = tmp_path / "sweep"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cvae_exp.train", "-m", *FAST, "trainer.max_epochs=1,60", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    _wait_for(sweep / "1" / "checkpoints" / "last.ckpt", process)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, out[-2000:] + err[-2000:]
+    assert "continue the sweep with: cvae-train resume=sweep. Run dir: sweep/1" in out + err  # paths from cwd
+    assert "resume=sweep/1" not in out + err

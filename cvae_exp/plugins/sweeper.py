@@ -21,7 +21,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from cvae_exp.preflight import display_path
+from cvae_exp.preflight import append_resume, display_path
 
 DONE = ("completed", "debug")
 
@@ -73,6 +73,7 @@ class ResumableSweeper(BasicSweeper):
                 continue
             if plan == "continue":
                 overrides = [*overrides, f"ckpt_path={directories[number] / 'checkpoints' / 'last.ckpt'}"]
+                append_resume(directories[number], [f"resume={sweep_dir.resolve()}"])
             elif plan == "rerun":  # its earlier attempt would mix with the new one (checkpoints, event files)
                 shutil.rmtree(directories[number])
             if launches and launches[-1][0] + len(launches[-1][1]) == number:
