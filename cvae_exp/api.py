@@ -135,10 +135,18 @@ class Run:
                 f"This run's task ({type(self.module.task).__name__}) conditions on images: sample draws from class "
                 "labels or attributes; use reconstruct(images, labels), which completes images from their condition."
             )
+        from cvae_exp.visualize import checked_labels, checked_vectors
+
+        try:
+            check = checked_vectors if self.model.condition_kind == "vector" else checked_labels
+            conditions = check(self.model, conditions, name="conditions")
+            if not (isinstance(n, int) and n >= 1):
+                raise ValueError(f"n={n!r} must be an integer >= 1 (images per condition)")
+        except ValueError as error:
+            raise UserInputError(f"{error}.") from None
         if seed is not None:
             torch.manual_seed(seed)
-        conditions = torch.as_tensor(conditions)
-        return self.model.sample(conditions.float() if self.model.condition_kind == "vector" else conditions, n)
+        return self.model.sample(conditions, n)
 
     def encode(self, images, labels):
         """q(z | x, c): `.mean` and `.logvar`, (N, latent_dim), `.rsample()`, `.log_prob(z)`."""

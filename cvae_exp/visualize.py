@@ -39,7 +39,7 @@ def _inference(draw):
 def class_samples(cvae: CVAE, labels: torch.Tensor, n: int, sampler=None) -> torch.Tensor:
     """Row i: `n` images of class labels[i] from z ~ p(z | label), the model's prior, or
     from a fitted latent sampler (cvae_exp/samplers.py)."""
-    labels = _checked_labels(cvae, labels)
+    labels = checked_labels(cvae, labels)
     _check_at_least("n", n, 1)
     return _grid(cvae.sample(labels, n, sampler), columns=n)
 
@@ -48,7 +48,7 @@ def class_samples(cvae: CVAE, labels: torch.Tensor, n: int, sampler=None) -> tor
 def reconstructions(cvae: CVAE, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """First row the images, second row their reconstructions from the posterior mean
     (the model's best guess, without the sampling noise)."""
-    labels = _checked_labels(cvae, labels)
+    labels = checked_labels(cvae, labels)
     images = _checked_images(cvae, images, labels)
     return _grid(torch.cat([images, cvae.reconstruct(images, labels, use_mean=True)]), columns=len(images))
 
@@ -81,8 +81,8 @@ def interpolation(
     pick pairs of the same label, or the end of the row is the end image's style drawn as
     the start image's class.
     """
-    start_labels = _checked_labels(cvae, start_labels, name="start_labels")
-    end_labels = _checked_labels(cvae, end_labels, name="end_labels")
+    start_labels = checked_labels(cvae, start_labels, name="start_labels")
+    end_labels = checked_labels(cvae, end_labels, name="end_labels")
     if len(start_labels) != len(end_labels):
         raise ValueError(
             f"start_labels has {len(start_labels)} entries and end_labels {len(end_labels)}: pass one end "
@@ -97,7 +97,7 @@ def interpolation(
 def latent_interpolation(cvae: CVAE, labels: torch.Tensor, steps: int, sampler=None) -> torch.Tensor:
     """Row i: `steps` images of class labels[i] along the line between two z ~ p(z | label)
     (or the fitted sampler): `interpolation` without data."""
-    labels = _checked_labels(cvae, labels)
+    labels = checked_labels(cvae, labels)
     start, end = (sampler or cvae.prior).sample(labels.repeat(2)).view(2, len(labels), -1)
     return _interpolate(cvae, start, end, labels, steps)
 
@@ -106,7 +106,7 @@ def latent_interpolation(cvae: CVAE, labels: torch.Tensor, steps: int, sampler=N
 def traversal(cvae: CVAE, labels: torch.Tensor, dim: int, span: float = 3.0, steps: int = 11) -> torch.Tensor:
     """Row i: class labels[i] decoded from z = 0 with coordinate `dim` swept over
     [-span, span]: what that one latent coordinate controls."""
-    labels = _checked_labels(cvae, labels)
+    labels = checked_labels(cvae, labels)
     _check_at_least("steps", steps, 2)
     if not 0 <= dim < cvae.latent_dim:
         raise ValueError(
@@ -137,12 +137,7 @@ def completions(cvae: CVAE, task, images: torch.Tensor, labels: torch.Tensor, n:
 def condition_samples(cvae: CVAE, conditions: torch.Tensor, n: int) -> torch.Tensor:
     """Row i: `n` images from z ~ p(z | c) for the attribute vector conditions[i]."""
     _check_at_least("n", n, 1)
-    width = cvae.condition_shape[0]
-    if conditions.dim() != 2 or conditions.shape[1] != width:
-        raise ValueError(
-            f"attributes={conditions.tolist()} must be a list of vectors of {width} values, one per grid row"
-        )
-    return _grid(cvae.sample(conditions.float().to(_device(cvae)), n), columns=n)
+    return _grid(cvae.sample(checked_vectors(cvae, conditions), n), columns=n)
 
 
 @_inference
@@ -176,7 +171,7 @@ def _device(cvae: CVAE) -> torch.device:
     return next(cvae.parameters()).device
 
 
-def _checked_labels(cvae: CVAE, labels, name: str = "labels") -> torch.Tensor:
+def checked_labels(cvae: CVAE, labels, name: str = "labels") -> torch.Tensor:
     labels = torch.as_tensor(labels, device=_device(cvae))
     if (
         labels.dim() != 1
@@ -188,6 +183,15 @@ def _checked_labels(cvae: CVAE, labels, name: str = "labels") -> torch.Tensor:
             f"{name}={labels.tolist()} must be a non-empty list of class numbers in 0..{cvae.num_classes - 1}"
         )
     return labels
+
+
+def checked_vectors(cvae: CVAE, conditions, name: str = "attributes") -> torch.Tensor:
+    """Attribute vectors as a float tensor on the model's device, or a ValueError that names them."""
+    conditions = torch.as_tensor(conditions)
+    width = cvae.condition_shape[0]
+    if conditions.dim() != 2 or conditions.shape[1] != width or len(conditions) == 0:
+        raise ValueError(f"{name}={conditions.tolist()} must be a non-empty list of vectors of {width} values")
+    return conditions.float().to(_device(cvae))
 
 
 def _checked_images(cvae: CVAE, images: torch.Tensor, labels: torch.Tensor, name: str = "images") -> torch.Tensor:

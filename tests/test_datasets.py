@@ -3,6 +3,7 @@
 datasets made in code (coloured MNIST, dSprites), and their offline messages."""
 
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,13 @@ def test_celeba64_cvae_runs_end_to_end_on_a_celeba_folder(tmp_path):
     assert run.metrics["status"] == "completed" and run.metrics["test"]["loss"] > 0
     grid = run.sample(torch.tensor([[1, 0, 1], [0, 1, 0]]), n=2, seed=0)
     assert grid.shape == (4, 3, 64, 64)
+    for conditions, n, message in (
+        ([[1, 0]], 1, "conditions=[[1, 0]] must be a non-empty list of vectors of 3 values"),
+        ([1, 0, 1], 1, "must be a non-empty list of vectors of 3 values"),
+        ([[1, 0, 1]], 0, "n=0 must be an integer >= 1"),
+    ):
+        with pytest.raises(UserInputError, match=re.escape(message)):
+            run.sample(conditions, n=n)
 
 
 def test_arrays_are_read_from_npz_in_any_layout(tmp_path):
