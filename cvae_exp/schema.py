@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, ListConfig, OmegaConf
 
 LIKELIHOODS = ("gaussian", "bernoulli", "logistic")
 DISCRETE_LIKELIHOODS = ("bernoulli", "logistic")  # probabilities of the pixel values: bits per dimension apply
@@ -30,6 +30,15 @@ PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "64-true", "bf16-true",
 # The directory cvae-train runs from; unlike ${hydra:runtime.cwd} it resolves before a
 # multirun's first job (configs/paths/default.yaml).
 OmegaConf.register_new_resolver("cwd", os.getcwd, replace=True)
+
+
+def _image_shape(channels: int, size: Any) -> list[int]:
+    """[channels, height, width] from an image size that is one number (square) or [height, width]."""
+    return [channels, *(list(size) if isinstance(size, (list, tuple, ListConfig)) else [size, size])]
+
+
+# The shape of a folder's images, from data.source's channels and image_size (configs/data/image_folder.yaml)
+OmegaConf.register_new_resolver("image_shape", _image_shape, replace=True)
 
 
 @dataclass

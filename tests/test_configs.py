@@ -234,3 +234,10 @@ def test_a_users_objective_config_extends_the_elbos_with_keys_of_its_own(tmp_pat
     )
     cfg = compose_train(["loss=elbo_tv", "loss.beta=2"], tmp_path / "run", config_source(config_dir=str(tmp_path)))
     assert cfg.loss.weight == 0.05 and cfg.loss.beta == 2 and cfg.loss.var == 0.5
+
+
+@pytest.mark.parametrize(("size", "shape"), [("24", [1, 24, 24]), ("[24,40]", [1, 24, 40])])
+def test_a_folders_image_shape_follows_its_image_size_square_or_not(compose_train, size, shape):
+    overrides = ["data=image_folder", "data.source.path=pngs", "data.num_classes=2", "data.val_size=1"]
+    cfg = compose_train([*overrides, "data.source.channels=1", f"data.source.image_size={size}"])
+    assert list(cfg.data.image_shape) == shape
