@@ -134,6 +134,14 @@ def validate(cfg: DictConfig, devices_here: bool = True) -> DictConfig:
     from cvae_exp.samplers import require_applicable
 
     require_applicable(model, typed.eval.sampler)
+    if typed.eval.disentanglement_metrics:
+        _require(
+            bool(typed.data.get("factor_names")) and model.has_latent,
+            "eval.disentanglement_metrics",
+            True,
+            "needs data whose labels are ground-truth factors (data.factor_names, as data=dsprites has; "
+            f"data={typed.data.name} has none) and a model with a latent variable (not prior=none)",
+        )
     if typed.eval.inception_weights is not None:  # the weights load, and serve images of this shape
         from cvae_exp.metrics.inception import fid_metric
 

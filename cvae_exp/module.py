@@ -269,10 +269,25 @@ class CVAEModule(L.LightningModule):
         if inception:
             metric = fid_metric(self.hparams.eval["inception_weights"], self.cvae.image_shape)
             metrics["inception_fid"] = inception_fid(metric, originals, generated, self.device)
+        if self.hparams.eval["disentanglement_metrics"]:
+            metrics.update(self._disentanglement_metrics())
         if metrics:
             self.log_dict({f"test/{name}": value for name, value in metrics.items()})
         if self.graded and self.hparams.eval["save_images"]:
             save_grader_images(Path(self.trainer.default_root_dir), reconstructions, generated, generated_labels)
+
+    def _disentanglement_metrics(self) -> dict[str, float]:
+        """MIG, the FactorVAE score, DCI and SAP of the test images' posterior means against
+        their ground-truth factors (the label vectors of data with data.factor_names)."""
+        from cvae_exp.metrics.disentanglement import scores
+
+        latents, factors = [], []
+        for images, labels in self.trainer.datamodule.batches("test", 1024):
+            images, labels = images.to(self.device, self.dtype) / 255, labels.to(self.device)
+            condition, _ = self.task(images, labels)
+            latents.append(self.cvae.encode(images, condition).mean.float().cpu())
+            factors.append(labels.cpu())
+        return scores(torch.cat(latents), torch.cat(factors))
 
     def _grade(self):
         """The lab's grader on the kept test images and on eval.samples_per_class samples per class."""

@@ -57,6 +57,9 @@ class DataConfig:
     # attributes that come in consecutive one-hot groups, by name and size (coloured MNIST: digit 10, colour 3):
     # the classifier metrics report each group's accuracy
     attribute_groups: dict[str, int] | None = None
+    # the names of the label vector's columns where they are ground-truth factors of variation (dSprites:
+    # shape, scale, ...): eval.disentanglement_metrics scores the latent against them
+    factor_names: list[str] | None = None
     in_memory: Any = "auto"  # auto | true | false: batches from tensors on the device, or from a DataLoader
     # The DataLoader's worker processes (in_memory false). 0: the training process copies each batch's rows
     # from the memory map itself, cheaper on a CPU than workers that take cores from the training
@@ -130,6 +133,10 @@ class EvalConfig:
     # (torch-fidelity's weights-inception-2015-12-05-6726825d.pth) or a torch.save'd feature network of
     # your own; null: none (cvae_exp/metrics/inception.py)
     inception_weights: str | None = None
+    # test/mig, test/factorvae_score, test/dci_*, test/sap of the test images' posterior means against their
+    # factors (data with data.factor_names, such as dsprites; cvae_exp/metrics/disentanglement.py). DCI's
+    # boosted trees take minutes on a CPU at dSprites' 10,000 test images
+    disentanglement_metrics: bool = False
     gmm_components: int = 10  # sampler=gmm: Gaussians per class
     gmm_covariance: str = "full"  # full | diag
     flow_layers: int = 6  # sampler=flow: coupling layers of the class-conditional RealNVP

@@ -155,3 +155,23 @@ def test_bad_inputs_raise_a_value_error_naming_the_value(latents, factors, messa
         mig(latents, factors)
     with pytest.raises(ValueError, match=message):
         factorvae_score(latents, factors)
+
+
+def test_the_test_stage_scores_a_dsprites_run_and_refuses_data_without_factors(tmp_path):
+    from cvae_exp import api
+    from cvae_exp.errors import UserInputError
+
+    grid = ["data.source.orientations=2", "data.source.positions=4", "data.source.test_size=150"]
+    run = api.train(
+        [
+            "data=dsprites", "task=attributes", "conditioning=none", *grid, "data.val_size=50",
+            f"data.source.cache_dir={tmp_path / 'cache'}", "model.latent_dim=4", "trainer.max_epochs=1",
+            "eval.disentanglement_metrics=true", "eval.classifier_metrics=false", "logger=none",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ]
+    )  # fmt: skip
+    test = run.metrics["test"]
+    names = ("mig", "factorvae_score", "dci_disentanglement", "dci_completeness", "dci_informativeness", "sap")
+    assert all(0 <= test[name] <= 1 for name in names), test
+    with pytest.raises(UserInputError, match="eval.disentanglement_metrics=True: needs data whose labels are"):
+        api.compose(["data=digits", "eval.disentanglement_metrics=true"])

@@ -44,6 +44,7 @@ class TensorDataModule(L.LightningDataModule):
         binarize: str = DataConfig.binarize,
         attributes: int = DataConfig.attributes,
         attribute_groups: dict[str, int] | None = DataConfig.attribute_groups,
+        factor_names: list[str] | None = DataConfig.factor_names,
         in_memory: bool | str = DataConfig.in_memory,
         num_workers: int = DataConfig.num_workers,
     ):
@@ -55,6 +56,7 @@ class TensorDataModule(L.LightningDataModule):
         self.batch_size, self.val_size, self.split_seed, self.binarize = batch_size, val_size, split_seed, binarize
         self.attributes, self.in_memory, self.num_workers = attributes, in_memory, num_workers
         self.attribute_groups = dict(attribute_groups or {})
+        self.factor_names = list(factor_names or [])  # the labels' columns as factors of variation
         self.splits: dict[str, Split] = {}
 
     def setup(self, stage: str | None = None) -> None:
