@@ -474,8 +474,9 @@ def _build_model(typed: DictConfig, task):
     except Exception as error:  # any constructor error is a config error here
         raise UserInputError(
             f"The model config cannot be built for data {typed.data.name} with image shape "
-            f"{list(typed.data.image_shape)}: {_constructor_error(error)} Change the prior (configs/prior/) or "
-            f"model.encoder / model.decoder (configs/model/), or choose another model."
+            f"{list(typed.data.image_shape)}: {_constructor_error(error)} Change "
+            f"model.encoder / model.decoder (configs/model/: each model's keys are its own) or the prior "
+            f"(configs/prior/), or choose another model."
         ) from None
 
 

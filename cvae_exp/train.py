@@ -30,7 +30,7 @@ from cvae_exp.compose import (
 )
 from cvae_exp.errors import RunInterrupted, TrainingDiverged, UserInputError, report_and_exit
 from cvae_exp.files import hold, write_json
-from cvae_exp.preflight import display_path
+from cvae_exp.preflight import display_path, read_resumes
 from cvae_exp.resume import resumed_sweep_arguments
 from cvae_exp.summary import run_summary
 
@@ -144,6 +144,7 @@ def execute(cfg: DictConfig) -> dict:
             "signal": interrupted.signal,
             "stage": interrupted.stage,  # fit, or test: the training had finished
             "resumable": interrupted.stage == "fit" and (run_dir / "checkpoints" / "last.ckpt").is_file(),
+            "resumes": read_resumes(run_dir),
             "hparams": run_summary(cfg),
         }
         if first_process():
