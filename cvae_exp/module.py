@@ -31,7 +31,7 @@ from cvae_exp.likelihood import importance_sampled_nll
 from cvae_exp.metrics import quantize_uint8, ssim_per_image
 from cvae_exp.metrics.inception import WEIGHTS_FILE, WEIGHTS_URL, fid_metric, inception_fid
 from cvae_exp.models import CVAE, build_cvae
-from cvae_exp.samplers import fitted_sampler
+from cvae_exp.samplers import fitted_sampler, posterior_means
 from cvae_exp.schema import DISCRETE_LIKELIHOODS, ELBO_TARGET, EvalConfig
 from cvae_exp.tasks import LabelTask
 
@@ -281,13 +281,9 @@ class CVAEModule(L.LightningModule):
         their ground-truth factors (the label vectors of data with data.factor_names)."""
         from cvae_exp.metrics.disentanglement import scores
 
-        latents, factors = [], []
-        for images, labels in self.trainer.datamodule.batches("test", 1024):
-            images, labels = images.to(self.device, self.dtype) / 255, labels.to(self.device)
-            condition, _ = self.task(images, labels)
-            latents.append(self.cvae.encode(images, condition).mean.float().cpu())
-            factors.append(labels.cpu())
-        return scores(torch.cat(latents), torch.cat(factors))
+        datamodule = self.trainer.datamodule
+        latents = posterior_means(self.cvae, datamodule.batches("test", 1024), self.task)
+        return scores(latents.cpu(), datamodule.labels("test"))
 
     def _grade(self):
         """The lab's grader on the kept test images and on eval.samples_per_class samples per class."""

@@ -162,13 +162,14 @@ def require_applicable(cvae, name: str) -> None:
 
 
 @torch.no_grad()
-def posterior_means(cvae, batches) -> torch.Tensor:
-    """mu of q(z | x, y) for batches of (uint8 images, labels)."""
+def posterior_means(cvae, batches, task=None) -> torch.Tensor:
+    """mu of q(z | x, c) for batches of (uint8 images, labels); the condition c is the labels, or
+    what `task` makes of the batch (task=attributes: the label vectors)."""
     parameter = next(cvae.encoder.parameters())
-    means = [
-        cvae.encode(x.to(parameter.device, parameter.dtype) / 255, y.to(parameter.device)).mean.float()
-        for x, y in batches
-    ]
+    means = []
+    for x, y in batches:
+        x, y = x.to(parameter.device, parameter.dtype) / 255, y.to(parameter.device)
+        means.append(cvae.encode(x, y if task is None else task(x, y)[0]).mean.float())
     return torch.cat(means)
 
 
