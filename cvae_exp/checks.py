@@ -158,7 +158,7 @@ def validate(cfg: DictConfig, devices_here: bool = True) -> DictConfig:
                 f"this run logs no val/ssim ({no_ssim}); it logs val/loss, val/recon, "
                 "val/kl and val/mse (over its target pixels)",
             )
-    _check_objective(typed.loss, model)
+    _check_objective(typed.loss, model, typed.trainer)
     _check_trainer_arguments(typed.trainer)
     _check_module(typed.module)
     _check_callbacks(typed.callbacks or {})
@@ -373,16 +373,33 @@ def _check_callbacks(callbacks: DictConfig) -> None:
         _constructs(callback, f"callbacks.{name}", "See configs/callbacks/default.yaml for its keys.")
 
 
-def _check_objective(loss: DictConfig, model) -> None:
+def _check_objective(loss: DictConfig, model, trainer: DictConfig) -> None:
     """The objective constructs (microseconds) and, where it has a `check(model)`, accepts the
     model, so that an objective refuses its bad arguments, or a model it cannot train, here,
-    not at the first training step."""
+    not at the first training step. One with its own optimizer is trained under manual
+    optimisation, which takes no Trainer gradient clipping, accumulation or loss scaling."""
+    from cvae_exp.objective import own_parameters
+
     advice = "loss._target_ names an objective class (configs/loss/, docs/extending.md), the other keys its arguments."
     objective = _constructs(loss, "loss", advice)
     try:
         getattr(objective, "check", lambda model: None)(model)
     except ValueError as error:
         raise UserInputError(f"Invalid config at loss: {error}.") from None
+    if own_parameters(objective):
+        refused = {
+            "gradient_clip_val": trainer.get("gradient_clip_val") is not None,
+            "accumulate_grad_batches": (trainer.get("accumulate_grad_batches") or 1) != 1,
+            "precision": str(trainer.get("precision")).startswith("16"),
+        }
+        for key, present in refused.items():
+            _require(
+                not present,
+                f"trainer.{key}",
+                trainer.get(key),
+                f"is not supported with {loss._target_}, whose own optimizer steps beside the model's "
+                "(manual optimisation): leave it out (precision: 32-true or bf16-mixed)",
+            )
 
 
 def build_data(data: DictConfig):

@@ -31,6 +31,7 @@ from cvae_exp.likelihood import importance_sampled_nll
 from cvae_exp.metrics import quantize_uint8, ssim_per_image
 from cvae_exp.metrics.inception import WEIGHTS_FILE, WEIGHTS_URL, fid_metric, inception_fid
 from cvae_exp.models import CVAE, build_cvae
+from cvae_exp.objective import own_parameters
 from cvae_exp.samplers import fitted_sampler, posterior_means
 from cvae_exp.schema import DISCRETE_LIKELIHOODS, ELBO_TARGET, EvalConfig
 from cvae_exp.tasks import LabelTask
@@ -65,6 +66,9 @@ class CVAEModule(L.LightningModule):
         self.cvae: CVAE = build_cvae(model, conditioning, prior, self.task, data)
         # a checkpoint written before `loss._target_` existed holds the ELBO's arguments alone
         self.objective = instantiate({"_target_": ELBO_TARGET, **loss})
+        # an objective with parameters of its own (FactorVAE's discriminator) has its own optimizer:
+        # Lightning steps two optimizers only under manual optimisation
+        self.automatic_optimization = not own_parameters(self.objective)
         self.val_mse, self.val_ssim = MeanSquaredError(), MeanMetric()
         self.test_mse, self.test_nll, self.test_neg_elbo = MeanSquaredError(), MeanMetric(), MeanMetric()
         self.test_bits_per_dim = MeanMetric()
@@ -109,7 +113,26 @@ class CVAEModule(L.LightningModule):
             self.train_sums = torch.zeros(len(self.train_terms), device=self.device)
         self.train_sums += torch.stack([result.terms[name] for name in self.train_terms]).detach() * len(images)
         self.train_count += len(images)
+        if not self.automatic_optimization:
+            return self._step_model_then_objective(result)
         return result.loss
+
+    def _step_model_then_objective(self, result) -> None:
+        """One step of the model's optimizer on the loss, then one of the objective's own on
+        `objective.own_loss(result)`. The second steps the bare torch optimizer: a Lightning
+        optimizer's step would count as a global step, doubling every step count (warm-up,
+        max_steps); the precision plugin's loss scaling, which it would apply, is refused for
+        such objectives before the run (checks._check_objective)."""
+        model_optimizer, objective_optimizer = self.optimizers()
+        model_optimizer.zero_grad()
+        self.manual_backward(result.loss)
+        model_optimizer.step()
+        objective_optimizer.optimizer.zero_grad()  # also clears what the model's loss left in its parameters
+        self.manual_backward(self.objective.own_loss(result))
+        objective_optimizer.optimizer.step()
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
 
     def on_train_epoch_start(self):
         """Epoch means are summed here and logged once per epoch: calling `self.log` on
@@ -385,11 +408,16 @@ class CVAEModule(L.LightningModule):
         checkpoint["module_target"] = f"{type(self).__module__}.{type(self).__qualname__}"  # what cvae-eval loads
 
     def configure_optimizers(self):
-        optimizer = instantiate(self.hparams.optim)(self.parameters())
+        optimizer = instantiate(self.hparams.optim)(self.cvae.parameters())
+        optimizers = [optimizer]
+        if own_parameters(self.objective):
+            optimizers.append(self.objective.optimizer(self.objective.parameters()))
         if not self.hparams.get("scheduler"):
-            return optimizer
+            return optimizers if len(optimizers) > 1 else optimizer
         # configs/scheduler/ holds factories of torch schedulers that decay over T_max steps
         scheduler = instantiate(self.hparams.scheduler)(optimizer, T_max=self.trainer.estimated_stepping_batches)
+        if len(optimizers) > 1:
+            return optimizers, [scheduler]
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

@@ -8,17 +8,24 @@ train/<name>, val/<name>, test/<name>; "loss" among them) and the model's output
 objective as configured (no warm-up). `schedule(step)` names the values that change with
 the step (logged under train/ once per epoch), and `log_likelihood(x, logits, mask)` is
 log p(x | z, c) for the likelihood estimate (cvae_exp/likelihood.py); an optional
-`check(model)` refuses, before the run starts, a model the objective cannot train. A new
-objective is one class with this protocol plus one YAML file in configs/loss/
-(docs/extending.md). The packaged ones: the ELBO (beta-VAE), IWAE, beta-TCVAE and InfoVAE.
+`check(model)` refuses, before the run starts, a model the objective cannot train. An
+objective with trainable parameters of its own (FactorVAE's discriminator) is an nn.Module
+with `optimizer(parameters)`, which builds their optimizer, and `own_loss(result)`, which
+they minimise after each step of the model's optimizer (cvae_exp/module.py then optimises
+manually). A new objective is one class with this protocol plus one YAML file in
+configs/loss/ (docs/extending.md). The packaged ones: the ELBO (beta-VAE), IWAE,
+beta-TCVAE, FactorVAE and InfoVAE.
 The densities are in cvae_exp/distributions.py.
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
+from torch.nn import functional as F
 
 from cvae_exp.distributions import (
     LOG_2PI,
@@ -107,6 +114,11 @@ class ELBO:
         output = model(x, condition)
         terms = self.terms(x, output.logits, output.kl, self.beta_at(step), mask)
         return LossOutput(terms["loss"], terms, output)
+
+
+def own_parameters(objective) -> bool:
+    """Whether an objective has trainable parameters of its own, trained by its own optimizer."""
+    return isinstance(objective, nn.Module) and any(True for _ in objective.parameters())
 
 
 def _require_latent(model, objective: str) -> None:
@@ -242,6 +254,81 @@ class BetaTCVAE(ELBO):
         loss = recon + self.warmup_at(step) * weighted
         kl = output.kl.mean()
         return LossOutput(loss, {"loss": loss, "recon": recon, "kl": kl, **means}, output)
+
+
+def permute_dimensions(z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each latent dimension shuffled across the batch on its own: draws from the product of
+    the batch's marginals (Kim and Mnih 2018, Algorithm 1)."""
+    order = torch.rand(z.shape, generator=generator).to(z.device).argsort(dim=0)
+    return z.gather(0, order)
+
+
+class FactorVAE(nn.Module, ELBO):
+    """FactorVAE (Kim and Mnih 2018, "Disentangling by Factorising"): loss = recon + beta kl
+    + gamma tc, where tc = E log D(z) / (1 - D(z)) is a discriminator's density-ratio
+    estimate of the total correlation of q(z). The discriminator (an MLP of `layers` linear
+    layers of `hidden` units, two logits: "from q(z)", "from the product of its marginals")
+    has its own optimizer and loss, `discriminator` = the cross-entropy of telling the
+    batch's z from the same z with each dimension permuted across the batch; it is trained
+    after every step of the model's. The paper draws the permuted z from a second batch;
+    this one permutes the batch's own (as PyTorch-VAE does), so each step reads one batch."""
+
+    def __init__(
+        self,
+        latent_dim: int,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        gamma: float = 6.4,
+        hidden: int = 1000,
+        layers: int = 6,
+        **elbo,
+    ):
+        nn.Module.__init__(self)
+        ELBO.__init__(self, **elbo)
+        if gamma < 0:
+            raise ValueError(f"loss.gamma={gamma!r} must be >= 0 (the total correlation's weight)")
+        if not (isinstance(layers, int) and layers >= 2):
+            raise ValueError(f"loss.layers={layers!r} must be an integer >= 2 (the discriminator's linear layers)")
+        self.gamma = gamma
+        self.optimizer = optimizer  # a factory: optimizer(parameters)
+        widths = [latent_dim] + [hidden] * (layers - 1)
+        blocks = [module for a, b in zip(widths, widths[1:]) for module in (nn.Linear(a, b), nn.LeakyReLU(0.2))]
+        self.discriminator = nn.Sequential(*blocks, nn.Linear(widths[-1], 2))
+
+    def schedule(self, step: int) -> dict[str, float]:
+        fraction = self.warmup_at(step)
+        return {"beta": self.beta * fraction, "gamma": self.gamma * fraction}
+
+    def check(self, model) -> None:
+        _require_latent(model, "factorvae")
+        if self.discriminator[0].in_features != model.latent_dim:
+            raise ValueError(
+                f"loss.latent_dim={self.discriminator[0].in_features} differs from the model's latent_dim="
+                f"{model.latent_dim} (configs/loss/factorvae.yaml reads it from model.latent_dim)"
+            )
+
+    def total_correlation(self, z: torch.Tensor) -> torch.Tensor:
+        """The discriminator's estimate of log q(z) / prod_d q(z_d) per row: its logit difference."""
+        logits = self.discriminator(z)
+        return logits[:, 0] - logits[:, 1]
+
+    def discriminator_loss(self, z: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the discriminator on z (class 0) and its permutation (class 1), z detached."""
+        z = z.detach()
+        joint, product = self.discriminator(z), self.discriminator(permute_dimensions(z))
+        zeros = torch.zeros(len(z), dtype=torch.long, device=z.device)
+        return 0.5 * (F.cross_entropy(joint, zeros) + F.cross_entropy(product, zeros + 1))
+
+    def own_loss(self, result: LossOutput) -> torch.Tensor:
+        return result.terms["discriminator"]
+
+    def forward(self, model, x, condition, mask=None, step=None) -> LossOutput:
+        output = model(x, condition)
+        recon = self.reconstruction(x, output.logits, mask).mean()
+        kl = output.kl.mean()
+        tc = self.total_correlation(output.z).mean()
+        loss = recon + self.warmup_at(step) * (self.beta * kl + self.gamma * tc)
+        terms = {"loss": loss, "recon": recon, "kl": kl, "tc": tc, "discriminator": self.discriminator_loss(output.z)}
+        return LossOutput(loss, terms, output)
 
 
 def mmd(x: torch.Tensor, y: torch.Tensor, kernel: str, bandwidth: float) -> torch.Tensor:

@@ -5,6 +5,7 @@ Gaussians; then each objective through the module and the CLI."""
 
 import math
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -12,7 +13,8 @@ from scipy.stats import norm
 
 from cvae_exp.models.cvae import CVAEOutput, DiagonalGaussian
 from cvae_exp.models.priors import MixturePrior
-from cvae_exp.objective import ELBO, IWAE, BetaTCVAE, InfoVAE, mmd
+from cvae_exp.module import CVAEModule
+from cvae_exp.objective import ELBO, IWAE, BetaTCVAE, FactorVAE, InfoVAE, mmd, permute_dimensions
 from tests.helpers import run_cli
 from tests.test_failure_paths import assert_refused
 from tests.test_seams import fit_and_test, module_and_data
@@ -262,3 +264,122 @@ def test_the_cli_refuses_an_objective_that_cannot_train_the_model_before_anythin
     result = run_cli("loss=beta_tcvae", "prior=mixture", f"data.root={mnist_root}", cwd=tmp_path)
     assert_refused(result, "train", "Invalid config at loss: ", "needs a prior with independent dimensions")
     assert list(tmp_path.iterdir()) == []
+
+
+def correlated_pairs(count: int, rho: float, generator: torch.Generator) -> torch.Tensor:
+    """Draws of a 2-D Gaussian with unit variances and correlation rho: TC = -log(1 - rho^2) / 2."""
+    first, noise = torch.randn(2, count, generator=generator)
+    return torch.stack([first, rho * first + math.sqrt(1 - rho**2) * noise], 1)
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.8])
+def test_the_factorvae_discriminator_estimates_a_gaussians_known_total_correlation(rho):
+    """Trained on its own loss alone, the discriminator's logit difference is the density ratio
+    q(z) / prod_d q(z_d), whose mean is the closed-form TC of a correlated Gaussian."""
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    objective = FactorVAE(latent_dim=2, hidden=64, layers=3, optimizer=lambda p: torch.optim.Adam(p, lr=2e-3))
+    optimizer = objective.optimizer(objective.parameters())
+    for _ in range(1500):
+        loss = objective.discriminator_loss(correlated_pairs(512, rho, generator))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        estimate = objective.total_correlation(correlated_pairs(20000, rho, generator)).mean().item()
+    assert estimate == pytest.approx(-0.5 * math.log(1 - rho**2), abs=0.06)
+
+
+def test_permuting_dimensions_keeps_each_marginal_and_breaks_the_dependence():
+    z = correlated_pairs(5000, 0.9, torch.Generator().manual_seed(1))
+    permuted = permute_dimensions(z, torch.Generator().manual_seed(2))
+    for d in range(2):
+        torch.testing.assert_close(permuted[:, d].sort().values, z[:, d].sort().values)
+    assert torch.corrcoef(z.T)[0, 1] > 0.89 and abs(torch.corrcoef(permuted.T)[0, 1]) < 0.05
+
+
+class RecordingFactorVAE(FactorVAE):
+    """Records, at each step, the discriminator's weights and the gradient of its own loss alone."""
+
+    def own_loss(self, result):
+        loss = super().own_loss(result)
+        weights = list(self.discriminator.parameters())
+        self.recorded = [p.detach().clone() for p in weights], torch.autograd.grad(loss, weights, retain_graph=True)
+        return loss
+
+
+def test_factorvae_steps_the_model_then_its_discriminator_each_on_its_own_loss(tmp_path):
+    loss = {
+        "_target_": f"{__name__}.RecordingFactorVAE", "likelihood": "gaussian", "latent_dim": 4, "hidden": 16,
+        "layers": 2, "warmup_steps": 1000,
+        "optimizer": {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.5},
+    }  # fmt: skip
+    module, data = module_and_data(tmp_path, (1, 28, 28), loss)
+    model_optimizer, discriminator_optimizer = module.configure_optimizers()
+    assert {id(p) for p in model_optimizer.param_groups[0]["params"]} == {id(p) for p in module.cvae.parameters()}
+    assert [id(p) for p in discriminator_optimizer.param_groups[0]["params"]] == [
+        id(p) for p in module.objective.discriminator.parameters()
+    ]
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=data)
+    assert trainer.global_step == 1  # one step per batch, not one per optimizer
+    before, gradients = module.objective.recorded
+    for weight, old, gradient in zip(module.objective.discriminator.parameters(), before, gradients):
+        torch.testing.assert_close(weight.detach(), old - 0.5 * gradient)  # its own loss's gradient, nothing else
+
+
+def test_factorvae_trains_and_tests_through_the_module_and_keeps_its_discriminator_in_the_checkpoint(tmp_path):
+    loss = {
+        "_target_": "cvae_exp.objective.FactorVAE", "likelihood": "gaussian", "latent_dim": 4, "hidden": 16,
+        "layers": 2, "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
+    }  # fmt: skip
+    module, data = module_and_data(tmp_path, (1, 28, 28), loss)
+    untrained = [p.detach().clone() for p in module.objective.parameters()]
+    fitted, tested = fit_and_test(module, data, tmp_path)
+    for name in ("loss", "recon", "kl", "tc", "discriminator"):
+        assert math.isfinite(fitted[f"train/{name}"].item()) and math.isfinite(tested[f"test/{name}"]), name
+    assert fitted["train/gamma"].item() == pytest.approx(6.4)
+    assert all(not torch.equal(p, q) for p, q in zip(module.objective.parameters(), untrained))
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "f.ckpt")
+    loaded = CVAEModule.load_from_checkpoint(tmp_path / "f.ckpt", weights_only=False)
+    for p, q in zip(loaded.objective.parameters(), module.objective.parameters()):
+        torch.testing.assert_close(p, q)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("+trainer.accumulate_grad_batches=2", "trainer.accumulate_grad_batches=2: is not supported with"),
+        ("+trainer.gradient_clip_val=1.0", "Invalid config value trainer.gradient_clip_val=1.0: is not supported"),
+        ("model.latent_dim=4", None),
+    ],
+)
+def test_the_cli_runs_factorvae_and_refuses_what_manual_optimisation_cannot_do(tmp_path, mnist_root, override, message):
+    arguments = ["loss=factorvae", "loss.hidden=16", "loss.layers=2", override, f"data.root={mnist_root}"]
+    if message is not None:
+        assert_refused(run_cli(*arguments, cwd=tmp_path), "train", message)
+        assert list(tmp_path.iterdir()) == []
+        return
+    result = run_cli(*arguments, "debug=fast", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_float16_loss_scaling_is_refused_for_an_objective_with_its_own_optimizer(tmp_path):
+    """16-mixed needs a GPU, so the CLI refuses it on this machine first; the objective's check
+    refuses it wherever it runs."""
+    from omegaconf import OmegaConf
+
+    from cvae_exp.checks import _check_objective
+    from cvae_exp.errors import UserInputError
+
+    loss = OmegaConf.create({"_target_": "cvae_exp.objective.FactorVAE", "latent_dim": 4, "hidden": 8, "layers": 2,
+                             "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True}})  # fmt: skip
+    module, _ = module_and_data(tmp_path, (1, 28, 28), {"likelihood": "gaussian"})
+    with pytest.raises(UserInputError, match=r"trainer.precision='16-mixed': is not supported with"):
+        _check_objective(loss, module.cvae, OmegaConf.create({"precision": "16-mixed"}))
+    _check_objective(loss, module.cvae, OmegaConf.create({"precision": "bf16-mixed"}))
