@@ -171,7 +171,11 @@ def test_a_sweep_whose_login_node_was_lost_resumes_on_the_cluster(slurm_cluster,
     (job,) = [path.name for path in (sweep.dir / ".submitit").iterdir() if path.name.endswith("_1")]
     slurm_cluster.run("scancel", job)  # and is then cancelled: SIGTERM, a last.ckpt, status interrupted
     deadline = time.monotonic() + 120
-    while not (stopped / "metrics.json").is_file() or metrics(stopped)["status"] != "interrupted":
+    # as a user does before resuming: wait for the jobs to leave the queue; a job that has written its
+    # metrics.json may still be exiting, and a resume refuses a job whose process is alive
+    while (
+        not (stopped / "metrics.json").is_file() or metrics(stopped)["status"] != "interrupted" or slurm_cluster.jobs()
+    ):
         assert time.monotonic() < deadline, sweep.report()
         time.sleep(0.2)
     kept = (finished / "metrics.json").stat().st_mtime_ns
