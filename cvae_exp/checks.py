@@ -33,6 +33,7 @@ from cvae_exp.schema import (
     VAL_METRICS,
     DataConfig,
     ELBOConfig,
+    ModelConfig,
     OptimConfig,
     TrainConfig,
 )
@@ -142,6 +143,13 @@ def validate(cfg: DictConfig, devices_here: bool = True) -> DictConfig:
             "needs data whose labels are ground-truth factors (data.factor_names, as data=dsprites has; "
             f"data={typed.data.name} has none) and a model with a latent variable (not prior=none)",
         )
+    _require(
+        not (typed.eval.nll_samples and getattr(model, "discrete_latent", False)),
+        "eval.nll_samples",
+        typed.eval.nll_samples,
+        "importance sampling needs a posterior density, and model=vqvae's is a point mass at its codes; its "
+        "bound on -log p(x | c) is test/neg_elbo, logged by loss=vqvae in every run (eval.nll_samples=0)",
+    )
     if typed.eval.inception_weights is not None:  # the weights load, and serve images of this shape
         from cvae_exp.metrics.inception import fid_metric
 
@@ -158,13 +166,13 @@ def validate(cfg: DictConfig, devices_here: bool = True) -> DictConfig:
                 f"this run logs no val/ssim ({no_ssim}); it logs val/loss, val/recon, "
                 "val/kl and val/mse (over its target pixels)",
             )
-    _check_objective(typed.loss, model, typed.trainer)
+    objective = _check_objective(typed.loss, model, typed.trainer)
     _check_trainer_arguments(typed.trainer)
     _check_module(typed.module)
     _check_callbacks(typed.callbacks or {})
     if typed.ckpt_path is not None:
         own = Path(typed.ckpt_path).resolve().is_relative_to(Path(str(typed.paths.output_dir)).resolve())
-        _check_checkpoint(typed.ckpt_path, model, typed.trainer.max_epochs, continues_its_run=own)
+        _check_checkpoint(typed.ckpt_path, model, objective, typed.trainer.max_epochs, continues_its_run=own)
     _PASSED.add(passed)
     return cfg
 
@@ -178,6 +186,8 @@ def check_values(cfg: DictConfig) -> DictConfig:
         OmegaConf.set_struct(schema.optim, False)  # other torch.optim arguments: +optim.momentum=0.9
         schema.data = OmegaConf.structured(DataConfig)
         OmegaConf.set_struct(schema.data, False)  # a DataModule's own arguments: +data.<key>=...
+        schema.model = OmegaConf.structured(ModelConfig)
+        OmegaConf.set_struct(schema.model, False)  # a model's own arguments (model=vqvae: codebook_size, ...)
         elbo = OmegaConf.select(cfg, "loss._target_") == ELBO_TARGET
         if elbo:
             schema.loss = OmegaConf.structured(ELBOConfig)
@@ -373,11 +383,12 @@ def _check_callbacks(callbacks: DictConfig) -> None:
         _constructs(callback, f"callbacks.{name}", "See configs/callbacks/default.yaml for its keys.")
 
 
-def _check_objective(loss: DictConfig, model, trainer: DictConfig) -> None:
+def _check_objective(loss: DictConfig, model, trainer: DictConfig):
     """The objective constructs (microseconds) and, where it has a `check(model)`, accepts the
     model, so that an objective refuses its bad arguments, or a model it cannot train, here,
     not at the first training step. One with its own optimizer is trained under manual
-    optimisation, which takes no Trainer gradient clipping, accumulation or loss scaling."""
+    optimisation, which takes no Trainer gradient clipping, accumulation or loss scaling.
+    Returns the objective."""
     from cvae_exp.objective import own_parameters
 
     advice = "loss._target_ names an objective class (configs/loss/, docs/extending.md), the other keys its arguments."
@@ -387,19 +398,30 @@ def _check_objective(loss: DictConfig, model, trainer: DictConfig) -> None:
     except ValueError as error:
         raise UserInputError(f"Invalid config at loss: {error}.") from None
     if own_parameters(objective):
-        refused = {
-            "gradient_clip_val": trainer.get("gradient_clip_val") is not None,
-            "accumulate_grad_batches": (trainer.get("accumulate_grad_batches") or 1) != 1,
-            "precision": str(trainer.get("precision")).startswith("16"),
-        }
-        for key, present in refused.items():
+        if not callable(getattr(objective, "optimizer", None)) or not callable(getattr(objective, "own_loss", None)):
+            raise UserInputError(
+                f"Invalid config at loss: {loss._target_} has parameters of its own but not both of "
+                "`optimizer(parameters)` and `own_loss(result)`, which train them (docs/extending.md: an objective "
+                "with parameters of its own)."
+            )
+        try:  # its optimizer's arguments (loss.optimizer.lr=-1), before the run
+            objective.optimizer(objective.parameters())
+        except (TypeError, ValueError) as error:
+            raise UserInputError(f"Invalid config at loss.optimizer: {error}.") from None
+        refused = [  # Lightning: gradient_clip_val 0 or None clips nothing
+            ("gradient_clip_val", bool(trainer.get("gradient_clip_val")), "leave it out or 0"),
+            ("accumulate_grad_batches", (trainer.get("accumulate_grad_batches") or 1) != 1, "leave it out or 1"),
+            ("precision", str(trainer.get("precision")).startswith("16"), "use 32-true or bf16-mixed"),
+        ]
+        for key, present, advice in refused:
             _require(
                 not present,
                 f"trainer.{key}",
                 trainer.get(key),
                 f"is not supported with {loss._target_}, whose own optimizer steps beside the model's "
-                "(manual optimisation): leave it out (precision: 32-true or bf16-mixed)",
+                f"(manual optimisation): {advice}",
             )
+    return objective
 
 
 def build_data(data: DictConfig):
@@ -502,10 +524,11 @@ def epochs_done(checkpoint: dict) -> int:
     return checkpoint["epoch"] + 1
 
 
-def _check_checkpoint(path: str, model, max_epochs: int, continues_its_run: bool = False) -> None:
-    """The checkpoint must exist, load, hold this config's network tensor for tensor, and
-    leave epochs to train before max_epochs; or, where it is the run's own (a run continued in
-    its directory, stopped after training and before its test), have trained them all."""
+def _check_checkpoint(path: str, model, objective, max_epochs: int, continues_its_run: bool = False) -> None:
+    """The checkpoint must exist, load, hold this config's network (and the objective's own
+    parameters, FactorVAE's discriminator) tensor for tensor, and leave epochs to train before
+    max_epochs; or, where it is the run's own (a run continued in its directory, stopped after
+    training and before its test), have trained them all."""
     import torch
 
     _require(
@@ -520,6 +543,9 @@ def _check_checkpoint(path: str, model, max_epochs: int, continues_its_run: bool
             key.removeprefix("cvae."): tuple(value.shape)
             for key, value in checkpoint["state_dict"].items()
             if key.startswith("cvae.")
+        }
+        saved_objective = {
+            key: tuple(value.shape) for key, value in checkpoint["state_dict"].items() if key.startswith("objective.")
         }
         done = epochs_done(checkpoint)
     except Exception as error:  # truncated, not a torch file, not a Lightning checkpoint
@@ -536,6 +562,18 @@ def _check_checkpoint(path: str, model, max_epochs: int, continues_its_run: bool
             f"config builds (first difference at {different}: {saved.get(different)} in the checkpoint, "
             f"{expected.get(different)} here). Resume with the run's own config (resume=<run dir>) "
             f"or set model/conditioning/data as they were."
+        )
+    state = objective.state_dict() if isinstance(objective, torch.nn.Module) else {}
+    expected_objective = {f"objective.{key}": tuple(value.shape) for key, value in state.items()}
+    if saved_objective != expected_objective:
+        different = sorted(set(saved_objective.items()) ^ set(expected_objective.items()))[0][0]
+        raise UserInputError(
+            f"Invalid config value ckpt_path={path!r}: the checkpoint's objective has other parameters than this "
+            f"config's ({type(objective).__name__}) builds (first difference at {different}: "
+            f"{saved_objective.get(different)} in the checkpoint, {expected_objective.get(different)} here). A "
+            "checkpoint carries its objective's parameters and optimizers (FactorVAE's discriminator), so "
+            "ckpt_path continues under the objective it was trained with, its arguments as they were "
+            "(loss.hidden, loss.layers)."
         )
     _require(
         max_epochs > done or (continues_its_run and max_epochs == done),

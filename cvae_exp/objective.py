@@ -14,7 +14,7 @@ with `optimizer(parameters)`, which builds their optimizer, and `own_loss(result
 they minimise after each step of the model's optimizer (cvae_exp/module.py then optimises
 manually). A new objective is one class with this protocol plus one YAML file in
 configs/loss/ (docs/extending.md). The packaged ones: the ELBO (beta-VAE), IWAE,
-beta-TCVAE, FactorVAE and InfoVAE.
+beta-TCVAE, FactorVAE, InfoVAE and VQ-VAE's.
 The densities are in cvae_exp/distributions.py.
 """
 
@@ -94,7 +94,9 @@ class ELBO:
         return bernoulli_nll(x, logits, mask)
 
     def check(self, model) -> None:
-        """Refuse (ValueError) a model this objective cannot train; the ELBO trains every one."""
+        """Refuse (ValueError) a model this objective cannot train: the ELBO trains every one with a
+        Gaussian latent."""
+        _require_gaussian(model, "elbo")
 
     def log_likelihood(self, x: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """log p(x | z, c) per image over the target pixels, the Gaussian's constant included."""
@@ -121,7 +123,25 @@ def own_parameters(objective) -> bool:
     return isinstance(objective, nn.Module) and any(True for _ in objective.parameters())
 
 
+def _require_gaussian(model, objective: str) -> None:
+    if getattr(model, "discrete_latent", False):
+        raise ValueError(
+            f"loss={objective} trains a Gaussian latent, and model={type(model).__name__.lower()} quantises its "
+            "latent: train it with loss=vqvae"
+        )
+
+
+def _require_one_layer(model, objective: str) -> None:
+    """For objectives whose terms treat z as one Gaussian layer (its dimensions' marginals, the prior's samples)."""
+    if getattr(model, "stochastic_layers", 1) > 1:
+        raise ValueError(
+            f"loss={objective} treats z as one Gaussian layer, and model=hierarchical has "
+            f"{model.stochastic_layers}: train it with loss=elbo or loss=iwae"
+        )
+
+
 def _require_latent(model, objective: str) -> None:
+    _require_gaussian(model, objective)
     if not model.has_latent:
         raise ValueError(f"loss={objective} needs a latent variable; prior=none has none (pick another prior)")
 
@@ -239,6 +259,7 @@ class BetaTCVAE(ELBO):
 
     def check(self, model) -> None:
         _require_latent(model, "beta_tcvae")
+        _require_one_layer(model, "beta_tcvae")
         if type(model.prior) not in (StandardPrior, ConditionalPrior):
             raise ValueError(
                 "loss=beta_tcvae splits off a dimension-wise KL, which needs a prior with independent dimensions: "
@@ -284,9 +305,11 @@ class FactorVAE(nn.Module, ELBO):
     ):
         nn.Module.__init__(self)
         ELBO.__init__(self, **elbo)
-        if gamma < 0:
-            raise ValueError(f"loss.gamma={gamma!r} must be >= 0 (the total correlation's weight)")
-        if not (isinstance(layers, int) and layers >= 2):
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or gamma < 0:
+            raise ValueError(f"loss.gamma={gamma!r} must be a number >= 0 (the total correlation's weight)")
+        if isinstance(hidden, bool) or not (isinstance(hidden, int) and hidden >= 1):
+            raise ValueError(f"loss.hidden={hidden!r} must be an integer >= 1 (the discriminator's width)")
+        if isinstance(layers, bool) or not (isinstance(layers, int) and layers >= 2):
             raise ValueError(f"loss.layers={layers!r} must be an integer >= 2 (the discriminator's linear layers)")
         self.gamma = gamma
         self.optimizer = optimizer  # a factory: optimizer(parameters)
@@ -300,6 +323,7 @@ class FactorVAE(nn.Module, ELBO):
 
     def check(self, model) -> None:
         _require_latent(model, "factorvae")
+        _require_one_layer(model, "factorvae")
         if self.discriminator[0].in_features != model.latent_dim:
             raise ValueError(
                 f"loss.latent_dim={self.discriminator[0].in_features} differs from the model's latent_dim="
@@ -373,6 +397,7 @@ class InfoVAE(ELBO):
 
     def check(self, model) -> None:
         _require_latent(model, "infovae")
+        _require_one_layer(model, "infovae")
 
     def __call__(self, model, x, condition, mask=None, step=None) -> LossOutput:
         output = model(x, condition)
@@ -382,3 +407,32 @@ class InfoVAE(ELBO):
         kl = output.kl.mean()
         loss = recon + (1 - self.alpha) * self.beta_at(step) * kl + (self.alpha + self.mmd_lambda - 1) * divergence
         return LossOutput(loss, {"loss": loss, "recon": recon, "kl": kl, "mmd": divergence}, output)
+
+
+class VectorQuantized(ELBO):
+    """VQ-VAE's objective (van den Oord et al. 2017) for a model with a quantised latent
+    (cvae_exp/models/vqvae.py): loss = recon + codebook + commitment * commitment term + beta * kl,
+    each averaged over the batch. kl = -log p(codes | c) is KL(q || p) for the point-mass
+    posterior; its gradient reaches only the prior over codes, which it trains. neg_elbo =
+    -log p(x | z_q, c) + kl (the Gaussian's constant included) bounds -log p(x | c)."""
+
+    def __init__(self, commitment: float = 0.25, **elbo):
+        if commitment < 0:
+            raise ValueError(f"loss.commitment={commitment!r} must be >= 0")
+        super().__init__(**elbo)
+        self.commitment = commitment
+
+    def check(self, model) -> None:
+        if not getattr(model, "discrete_latent", False):
+            raise ValueError(
+                f"loss=vqvae trains a model with a quantised latent (model=vqvae), not {type(model).__name__}"
+            )
+
+    def __call__(self, model, x, condition, mask=None, step=None) -> LossOutput:
+        output = model(x, condition)
+        recon = self.reconstruction(x, output.logits, mask).mean()
+        kl, codebook, commitment = output.kl.mean(), output.codebook.mean(), output.commitment.mean()
+        loss = recon + codebook + self.commitment * commitment + self.beta_at(step) * kl
+        neg_elbo = -self.log_likelihood(x, output.logits, mask).mean() + kl
+        terms = {"loss": loss, "recon": recon, "kl": kl, "codebook": codebook, "commitment": commitment}
+        return LossOutput(loss, terms | {"neg_elbo": neg_elbo}, output)

@@ -381,8 +381,16 @@ def record_resume(run_dir: Path, new_config: dict, overrides: list[str]) -> None
 
 
 def append_resume(run_dir: Path, overrides: list[str]) -> None:
-    """One more entry in .hydra/resumes.yaml: when, with which overrides (metrics.json copies them)."""
-    resumes = read_resumes(run_dir) + [{"time": datetime.now().isoformat(timespec="seconds"), "overrides": overrides}]
+    """One more entry in .hydra/resumes.yaml: when, with which overrides, and how the segment
+    before it ended (its metrics.json's status, signal and reason; `killed` where it wrote
+    none), which the resumed run's metrics.json replaces (and copies the entries)."""
+    try:
+        ended = json.loads((run_dir / "metrics.json").read_text())
+        ended = {key: ended[key] for key in ("status", "signal", "reason") if key in ended}
+    except (OSError, ValueError):
+        ended = {"status": "killed (no metrics.json)"}
+    entry = {"time": datetime.now().isoformat(timespec="seconds"), "overrides": overrides, "after": ended}
+    resumes = read_resumes(run_dir) + [entry]
     (run_dir / RESUMES_FILE).write_text(yaml.safe_dump(resumes, sort_keys=False))
 
 

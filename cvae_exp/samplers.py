@@ -152,12 +152,14 @@ def build(name: str, eval_config: dict, num_classes: int, latent_dim: int) -> nn
 
 
 def require_applicable(cvae, name: str) -> None:
-    """A fitted sampler needs class labels as the condition and a latent variable."""
-    if name != "prior" and (not cvae.labels_condition or not cvae.has_latent):
+    """A fitted sampler needs class labels as the condition and a Gaussian latent variable."""
+    continuous = cvae.has_latent and not getattr(cvae, "discrete_latent", False)
+    if name != "prior" and (not cvae.labels_condition or not continuous):
         raise UserInputError(
             f"Invalid sampler {name!r} for this run: it fits a density per class to the posterior codes, so it "
             "needs labels "
-            f"as the condition (task=label) and a latent variable (not prior=none); use sampler prior here."
+            f"as the condition (task=label) and a continuous latent variable (not prior=none, not model=vqvae, "
+            "which samples from its prior over codes); use sampler prior here."
         )
 
 

@@ -4,12 +4,15 @@ name a sweep's run in TensorBoard (cvae_exp/loggers.py). Kept free of heavy impo
 that cvae-table reads runs without loading torch."""
 
 import hashlib
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
+
+from cvae_exp.schema import ELBOConfig
 
 
 def run_summary(cfg: DictConfig, choices: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -25,6 +28,8 @@ def run_summary(cfg: DictConfig, choices: dict[str, Any] | None = None) -> dict[
         **_parameters("task", cfg.get("task")),
         "prior": choices.get("prior"),
         **_parameters("prior", cfg.get("prior")),
+        "loss": choices.get("loss"),
+        **_parameters("loss", _own_keys(cfg.get("loss"))),
         "scheduler": choices.get("scheduler"),
         "sampler": OmegaConf.select(cfg, "eval.sampler", default="prior"),  # older runs: the prior
         "experiment": choices.get("experiment"),
@@ -37,6 +42,13 @@ def run_summary(cfg: DictConfig, choices: dict[str, Any] | None = None) -> dict[
         "seed": cfg.seed,
         "precision": str(cfg.trainer.precision),
     }
+
+
+def _own_keys(loss: Any) -> dict[str, Any]:
+    """An objective's scalar arguments beyond the ELBO's (loss.gamma, loss.samples, ...); the
+    ELBO's likelihood and beta are reported as such, nested nodes (an optimizer) not at all."""
+    elbo = {field.name for field in fields(ELBOConfig)}
+    return {key: value for key, value in (loss or {}).items() if key not in elbo and not isinstance(value, DictConfig)}
 
 
 def _parameters(group: str, node: Any) -> dict[str, Any]:

@@ -1,11 +1,12 @@
-"""`cvae-table <sweep dir>`: one row per run of a sweep, beside the published numbers.
+"""`cvae-table <sweep dir> [<sweep dir> ...]`: one row per run of a sweep, beside the published numbers.
 
 Reads every job's metrics.json (a job without one is shown as missing, a damaged one as
 unreadable, never skipped) and writes table.md, table.csv and table.png (the Score per
 run, beside the published one where the runs reproduce a table). Besides epochs, latent
 size and learning rate, every hyperparameter the sweep varied gets a column. Runs that
 differ only by seed are also summarised as mean and standard deviation in
-table_seeds.md and table_seeds.csv.
+table_seeds.md and table_seeds.csv. Several sweeps (each run of one named <sweep>/<job>)
+make one table: sweeps that differ in what Hydra cannot sweep together.
 """
 
 import argparse
@@ -24,7 +25,22 @@ from cvae_exp.preflight import display_path
 from cvae_exp.summary import run_summary
 
 SHOWN = ["epochs", "latent_dim", "lr"]  # always shown; other hyperparameters when they vary
-METRICS = ("ssim", "mse", "fid", "score", "score_uncapped", "nll", "neg_elbo")  # columns where any run has them
+# Columns where any run has them: the lab's grader, likelihoods, the disentanglement metrics, and
+# the reconstruction term (what runs of different objectives are matched on).
+METRICS = (
+    "ssim",
+    "mse",
+    "fid",
+    "score",
+    "score_uncapped",
+    "nll",
+    "neg_elbo",
+    "mig",
+    "factorvae_score",
+    "dci_disentanglement",
+    "sap",
+    "recon",
+)
 PLOTTED = {
     "score": "Score (capped)",
     "nll": "-log p(target | condition), nats",
@@ -38,6 +54,11 @@ DIGITS = {
     "score_uncapped": 2,
     "nll": 2,
     "neg_elbo": 2,
+    "mig": 3,
+    "factorvae_score": 3,
+    "dci_disentanglement": 3,
+    "sap": 3,
+    "recon": 2,
     "report_score": 2,
     "diff": 2,
     "train_min": 1,
@@ -45,15 +66,19 @@ DIGITS = {
 }
 
 
-def collect(sweep_dir: Path) -> list[dict[str, Any]]:
-    """Rows in job order; every job dir Hydra created counts, finished or not."""
-    jobs = sorted((path.parent for path in sweep_dir.glob("*/.hydra")), key=_job_order)
-    if not jobs:
-        raise UserInputError(
-            f"No runs found in {str(sweep_dir)!r}: expected job directories with a .hydra/ folder, as a Hydra "
-            "multirun writes them (e.g. outputs/multiruns/<time>)."
-        )
-    return [_row(job) for job in jobs]
+def collect(sweep_dirs: list[Path]) -> list[dict[str, Any]]:
+    """Rows in sweep and job order; every job dir Hydra created counts, finished or not."""
+    rows = []
+    for sweep_dir in sweep_dirs:
+        jobs = sorted((path.parent for path in sweep_dir.glob("*/.hydra")), key=_job_order)
+        if not jobs:
+            raise UserInputError(
+                f"No runs found in {str(sweep_dir)!r}: expected job directories with a .hydra/ folder, as a Hydra "
+                "multirun writes them (e.g. outputs/multiruns/<time>)."
+            )
+        named = len(sweep_dirs) > 1
+        rows += [_row(job) | ({"run": f"{sweep_dir.name}/{job.name}"} if named else {}) for job in jobs]
+    return rows
 
 
 def _job_order(job: Path):
@@ -218,17 +243,24 @@ def plot(rows: list[dict[str, Any]], labels: list[str], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="cvae-table", description=__doc__.splitlines()[0])
-    parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun directory")
-    parser.add_argument("--out", type=Path, help="where to write table.md/.csv/.png (default: the sweep dir)")
+    parser.add_argument("sweep_dirs", type=Path, nargs="+", metavar="sweep_dir", help="a Hydra multirun directory")
+    parser.add_argument(
+        "--out", type=Path, help="where to write table.md/.csv/.png (default: the sweep dir; needed for several)"
+    )
     args = parser.parse_args(argv)
-    out = args.out or args.sweep_dir
+    out = args.out or args.sweep_dirs[0]
     try:
-        if not args.sweep_dir.is_dir():
+        for sweep_dir in args.sweep_dirs:
+            if not sweep_dir.is_dir():
+                raise UserInputError(
+                    f"The sweep directory {str(sweep_dir)!r} does not exist or is not a directory; pass the "
+                    "directory of a Hydra multirun (e.g. outputs/multiruns/<time>)."
+                )
+        if len(args.sweep_dirs) > 1 and args.out is None:
             raise UserInputError(
-                f"The sweep directory {str(args.sweep_dir)!r} does not exist or is not a directory; pass the "
-                "directory of a Hydra multirun (e.g. outputs/multiruns/<time>)."
+                f"{len(args.sweep_dirs)} sweep directories make one table: say where it goes with --out <directory>."
             )
-        rows = collect(args.sweep_dir)
+        rows = collect(args.sweep_dirs)
         if out.exists() and not out.is_dir():
             raise UserInputError(
                 f"--out {str(out)!r} is a file; pass a directory for table.md, table.csv and table.png."

@@ -16,6 +16,7 @@ RATIOS = ["framework/bare", "pipeline_w0/framework", "pipeline_w2/framework"]
 COLUMNS = ["model", "batch_size", "precision", "data", *PATHS, *RATIOS, "eval_s", "eval/epoch"]
 
 
+@pytest.mark.slow  # runs every benchmark path once
 def test_smoke_run_times_every_path_and_writes_the_table(tmp_path):
     empty_root, out = tmp_path / "no_mnist", tmp_path / "benchmark.csv"
     empty_root.mkdir()

@@ -42,6 +42,8 @@ COMPANIONS = {
     ("data", "coloured_mnist"): ["task=attributes"],
     ("data", "dsprites"): ["task=attributes"],
     ("experiment", "celeba64_cvae"): [],
+    ("model", "vqvae"): ["loss=vqvae"],
+    ("loss", "vqvae"): ["model=vqvae"],
 }
 
 
@@ -129,7 +131,7 @@ def test_invalid_values_name_the_key_and_the_allowed_values(compose_train, overr
         (
             ["model=transformer"],
             "model=transformer: In 'train': Could not find 'model/transformer'; "
-            "the options of 'model': conv, mlp, resnet.",
+            "the options of 'model': conv, hierarchical, mlp, resnet, vqvae.",
         ),
         (["learning_rate=0.1"], "Could not override 'learning_rate': no such key in the config"),
         (["labels=[0,3"], "labels=[0,3: no viable alternative at input '[0,3'"),

@@ -110,6 +110,15 @@ TRAIN_NOT_MNIST = ["data=digits"]
 # `++`: add the key, or set it where a config (debug=fast, say) has it already.
 TRAIN_MNIST_SHORT = ["++trainer.limit_train_batches=5", "++trainer.limit_val_batches=2"]
 OPTUNA_SHORT = ["hydra.sweeper.n_trials=2"]
+# Appended to commands that train on dSprites (its own data, or its experiments' and script's):
+# a grid of 1,536 images.
+DSPRITES = re.compile(r"data=dsprites|experiment=dsprites_|scripts/reproduce_disentanglement\.sh")
+DSPRITES_SHORT = [
+    "data.source.orientations=2",
+    "data.source.positions=8",
+    "data.source.test_size=300",
+    "data.val_size=200",
+]
 # Appended to `python scripts/benchmark.py ...` (argparse: the last value wins).
 BENCHMARK_SHORT = ["--epochs", "1", "--limit-batches", "5", "--repeats", "1"]
 # Appended to `tensorboard ...`: port 0 asks the OS for a free port.
@@ -276,8 +285,10 @@ def extra_arguments(words: list[str], mnist: bool) -> list[str]:
             return []  # prints the config, trains nothing
         if any(word.startswith("resume=") for word in words):
             return []  # continues a run that is short already
-        names_its_data = any(word.startswith("data=") for word in words)  # a dataset other than MNIST
+        dsprites = bool(DSPRITES.search(" ".join(words)))
+        names_its_data = dsprites or any(word.startswith("data=") for word in words)  # a dataset other than MNIST
         extra = TRAIN_SHORT + (TRAIN_MNIST_SHORT if mnist else [] if names_its_data else TRAIN_NOT_MNIST)
+        extra += DSPRITES_SHORT if dsprites else []
         if "hparams_search=optuna" in words:
             extra = extra + OPTUNA_SHORT
         return extra

@@ -248,6 +248,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     resumed = json.loads((killed / "metrics.json").read_text())
     assert resumed["epochs"] == 4
+    assert resumed["resumes"][0]["after"] == {"status": "killed (no metrics.json)"}  # how the first segment ended
     assert resumed["test"] == whole["test"]
     assert len(list((killed / "tensorboard").glob("events.*"))) > len(
         list((tmp_path / "whole" / "tensorboard").glob("events.*"))
@@ -271,6 +272,7 @@ def test_resume_keeps_the_history_of_the_run(tmp_path, trained_run):
         ["trainer.max_epochs=3"],
         ["trainer.max_epochs=4"],
     ]
+    assert [resume["after"]["status"] for resume in metrics["resumes"]] == ["completed", "completed"]
     assert (run / ".hydra" / "overrides.yaml").read_bytes() == overrides_before
     assert "max_epochs: 4" in (run / ".hydra" / "config.yaml").read_text()
     assert metrics["best_checkpoint"].startswith("checkpoints/epoch_")

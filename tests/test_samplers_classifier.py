@@ -76,6 +76,7 @@ def test_flow_density_integrates_to_one_per_class():
             assert abs(float(mass) - 1.0) < 5e-3
 
 
+@pytest.mark.slow  # 1,500 full-batch steps of a flow
 def test_flow_sampler_learns_each_classs_moments_and_inverts_exactly():
     """Fitted to two Gaussian classes, samples have their moments; sample() inverts log_prob's map."""
     codes, labels, moments = known_mixtures(10_000, seed=3)

@@ -158,3 +158,40 @@ def test_table_refuses_a_directory_without_runs(tmp_path, capsys, setup):
     assert exit_info.value.code == 2
     assert str(sweep) in capsys.readouterr().err
     assert sorted(tmp_path.iterdir()) == ([sweep] if setup != "absent" else [])
+
+
+def test_several_sweeps_make_one_table_with_their_disentanglement_columns(tmp_path):
+    """As scripts/reproduce_disentanglement.sh runs it: one sweep per objective, whose runs are
+    named <sweep>/<job> and grouped over seeds per objective."""
+    disentangled = {"mig": 0.2, "factorvae_score": 0.7, "dci_disentanglement": 0.3, "sap": 0.05, "recon": 40.0}
+    for objective, beta in (("beta_vae", 4.0), ("factorvae", 1.0)):
+        for seed in (0, 1):
+            test = {**disentangled, "mig": disentangled["mig"] + seed / 10}
+            make_job(tmp_path / objective, str(seed), reference=None, experiment=objective, beta=beta, seed=seed)
+            job = tmp_path / objective / str(seed)
+            hparams = {**HPARAMS, "experiment": objective, "beta": beta, "seed": seed}
+            (job / "metrics.json").write_text(json.dumps({"hparams": hparams, "status": "completed", "test": test}))
+    out = tmp_path / "table"
+    main([str(tmp_path / "beta_vae"), str(tmp_path / "factorvae"), "--out", str(out)])
+    rows = list(csv.DictReader((out / "table.csv").open()))
+    assert [row["run"] for row in rows] == ["beta_vae/0", "beta_vae/1", "factorvae/0", "factorvae/1"]
+    lines = (out / "table.md").read_text().splitlines()
+    assert lines[0] == (
+        "| run | epochs | latent_dim | lr | experiment | beta | seed | mig | factorvae_score | "
+        "dci_disentanglement | sap | recon | train_min | status |"
+    )
+    assert lines[3].startswith("| beta_vae/1 | 10 | 20 | 0.005 | beta_vae | 4 | 1 | 0.300 | 0.700 |")
+    groups = list(csv.DictReader((out / "table_seeds.csv").open()))
+    assert [(g["experiment"], g["seeds"]) for g in groups] == [("beta_vae", "0 1"), ("factorvae", "0 1")]
+    assert float(groups[0]["mig_mean"]) == pytest.approx(0.25)
+    assert float(groups[0]["mig_std"]) == pytest.approx(np.std([0.2, 0.3], ddof=1))
+
+
+def test_several_sweeps_need_a_place_for_their_table(tmp_path, capsys):
+    for name in ("a", "b"):
+        make_job(tmp_path / name, "0", metrics=completed(20.0))
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "a"), str(tmp_path / "b")])
+    assert exit_info.value.code == 2
+    assert "--out" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*/table*"))

@@ -131,9 +131,8 @@ def test_help_describes_the_program_and_its_groups(tmp_path):
     result = run_cli("--help", cwd=tmp_path)
     assert result.returncode == 0
     assert result.stdout.startswith("cvae-train: train a conditional VAE")
-    assert (
-        "model: conv, mlp" in result.stdout and "cvae-train -m model.latent_dim=2,8,32 loss.beta=1,4" in result.stdout
-    )
+    assert "model: conv, hierarchical, mlp" in result.stdout
+    assert "cvae-train -m model.latent_dim=2,8,32 loss.beta=1,4" in result.stdout
     assert list(tmp_path.iterdir()) == []
 
 

@@ -383,3 +383,74 @@ def test_float16_loss_scaling_is_refused_for_an_objective_with_its_own_optimizer
     with pytest.raises(UserInputError, match=r"trainer.precision='16-mixed': is not supported with"):
         _check_objective(loss, module.cvae, OmegaConf.create({"precision": "16-mixed"}))
     _check_objective(loss, module.cvae, OmegaConf.create({"precision": "bf16-mixed"}))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["loss.gamma=abc"], "loss.gamma='abc' must be a number >= 0"),
+        (["loss.hidden=0"], "loss.hidden=0 must be an integer >= 1"),
+        (["loss.optimizer.lr=-1"], "Invalid config at loss.optimizer: Invalid learning rate: -1"),
+        (["+loss.optimizer.momentum=0.9"], "Invalid config at loss.optimizer:"),
+        (["+trainer.gradient_clip_val=0"], None),  # Lightning's "no clipping"
+    ],
+)
+def test_factorvaes_own_arguments_are_checked_before_the_run(compose_train, overrides, message):
+    from cvae_exp.checks import validate
+    from cvae_exp.errors import UserInputError
+
+    cfg = compose_train(["loss=factorvae", "loss.layers=2", *overrides])
+    if message is None:
+        validate(cfg, devices_here=False)
+        return
+    with pytest.raises(UserInputError) as refusal:
+        validate(cfg, devices_here=False)
+    assert message in str(refusal.value)
+
+
+class CriticWithoutOptimizer(torch.nn.Module, ELBO):
+    """An objective with a parameter of its own and no way to train it."""
+
+    def __init__(self, **elbo):
+        torch.nn.Module.__init__(self)
+        ELBO.__init__(self, **elbo)
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+
+def test_an_objective_with_parameters_but_without_their_optimizer_is_refused(compose_train):
+    from cvae_exp.checks import validate
+    from cvae_exp.errors import UserInputError
+
+    cfg = compose_train([f"loss._target_={__name__}.CriticWithoutOptimizer"])
+    with pytest.raises(UserInputError, match=r"optimizer\(parameters\)` and `own_loss\(result\)`"):
+        validate(cfg, devices_here=False)
+
+
+SMALL_FACTORVAE = ["loss=factorvae", "loss.hidden=8", "loss.layers=2"]
+
+
+@pytest.mark.parametrize(
+    ("saved", "continued", "refused"),
+    [
+        (["loss=elbo"], SMALL_FACTORVAE, "objective.discriminator.0."),
+        (SMALL_FACTORVAE, ["loss=elbo"], "objective.discriminator.0."),
+        (SMALL_FACTORVAE, ["loss=factorvae", "loss.hidden=12", "loss.layers=2"], "objective.discriminator.0."),
+        (SMALL_FACTORVAE, SMALL_FACTORVAE, None),
+    ],
+)
+def test_ckpt_path_continues_only_under_the_objective_it_was_trained_with(
+    compose_train, tmp_path, saved, continued, refused
+):
+    from cvae_exp.checks import validate
+    from cvae_exp.errors import UserInputError
+    from cvae_exp.run import build_module
+
+    # what the check reads of a Lightning checkpoint: the weights, and the epoch it ended
+    torch.save({"state_dict": build_module(compose_train(saved)).state_dict(), "epoch": 0}, tmp_path / "saved.ckpt")
+    cfg = compose_train([*continued, f"ckpt_path={tmp_path / 'saved.ckpt'}"])
+    if refused is None:
+        validate(cfg, devices_here=False)
+        return
+    with pytest.raises(UserInputError, match="the checkpoint's objective has other parameters") as refusal:
+        validate(cfg, devices_here=False)
+    assert refused in str(refusal.value)

@@ -1,9 +1,12 @@
-"""Networks (mlp.py, conv.py), conditioning methods (conditioning.py), priors (priors.py) and the CVAE (cvae.py)."""
+"""Networks (mlp.py, conv.py, resnet.py), conditioning methods (conditioning.py), priors (priors.py),
+the CVAE (cvae.py), the VQ-VAE (vqvae.py) and the two-layer hierarchical VAE (hierarchical.py)."""
 
 from cvae_exp.models.cvae import CVAE, CVAEOutput
+from cvae_exp.models.hierarchical import HierarchicalVAE
 from cvae_exp.models.priors import StandardPrior
+from cvae_exp.models.vqvae import VQVAE
 
-__all__ = ["CVAE", "CVAEOutput", "build_cvae"]
+__all__ = ["CVAE", "CVAEOutput", "HierarchicalVAE", "VQVAE", "build_cvae"]
 
 
 def build_cvae(model: dict, conditioning: dict, prior: dict | None, task, data: dict) -> CVAE:

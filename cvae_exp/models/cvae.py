@@ -7,7 +7,8 @@ q(z | x, c) (`.mean`, `.rsample(k)`, `.log_prob(z)`), `decode(z, c)` -> pixel me
 `decode_logits(z, c)`, `log_prior(z, c)`, `sample(c, n)` and `reconstruct(x, c)`; the
 attributes `latent_dim`, `image_shape`, `num_classes`, `has_latent`, `condition_kind`,
 `labels_condition` and `is_conditional` say what the model is, so that a consumer that needs a Gaussian
-latent or class labels can refuse with one line.
+latent or class labels can refuse with one line; a model whose latent is quantised (the VQ-VAE,
+cvae_exp/models/vqvae.py) also sets `discrete_latent = True`.
 """
 
 from collections.abc import Callable

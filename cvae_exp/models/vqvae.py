@@ -1,0 +1,204 @@
+"""VQ-VAE (van den Oord et al. 2017) on the CVAE's encoders, decoders and conditioning.
+
+The encoder's `latent_dim` outputs are read as `latent_dim / code_dim` vectors, each replaced
+by the nearest of `codebook_size` learned code vectors before the decoder sees it, with the
+straight-through gradient (the decoder's gradient passes to the encoder unchanged). The
+posterior is a point mass on those codes, so the KL term of the ELBO is -log p(codes | c)
+under the model's prior over codes: autoregressive over the codes (a GRU) or independent
+per code, and conditioned on the condition (class, attributes or image) unless told not to.
+The prior is trained with the rest (its term's gradient reaches the prior alone: the codes
+are indices), so one run gives a model that samples. loss=vqvae (cvae_exp/objective.py)
+adds the codebook and commitment terms.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from cvae_exp.models.conditioning import Conditioning
+from cvae_exp.models.cvae import CVAE, CVAEOutput
+from cvae_exp.models.priors import StandardPrior
+
+
+@dataclass
+class Quantized:
+    """The VQ-VAE's posterior: a point mass at the quantised latent (N, latent_dim), with its codes (N, M)."""
+
+    mean: torch.Tensor
+    codes: torch.Tensor
+
+    def rsample(self, samples: int | None = None) -> torch.Tensor:
+        return self.mean if samples is None else self.mean.expand(samples, *self.mean.shape)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        raise ValueError(
+            "a VQ-VAE's posterior is a point mass at its codes and has no density over z: importance-sampled "
+            "likelihoods and objectives that need log q(z | x, c) do not apply to model=vqvae"
+        )
+
+
+@dataclass
+class VQOutput(CVAEOutput):
+    """CVAEOutput (mu: the encoder's output before quantisation, logvar: zeros, z: the
+    quantised latent, kl: -log p(codes | c)) and the quantiser's terms, per image."""
+
+    codes: torch.Tensor  # (N, M), indices into the codebook
+    codebook: torch.Tensor  # (N,), ||sg[z_e] - e||^2 summed over the codes: moves the code vectors
+    commitment: torch.Tensor  # (N,), ||z_e - sg[e]||^2: keeps the encoder near its codes
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-neighbour quantisation of (N, M, code_dim) vectors against a learned codebook."""
+
+    def __init__(self, codebook_size: int, code_dim: int):
+        super().__init__()
+        self.codebook = nn.Embedding(codebook_size, code_dim)
+        nn.init.uniform_(self.codebook.weight, -1 / codebook_size, 1 / codebook_size)  # as the paper's code
+
+    def codes(self, z_e: torch.Tensor) -> torch.Tensor:
+        """The index of each vector's nearest code vector (squared Euclidean distance, float32), (N, M)."""
+        flat, codebook = z_e.detach().flatten(0, -2).float(), self.codebook.weight.detach().float()
+        distances = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ codebook.T + codebook.pow(2).sum(1)
+        return distances.argmin(1).view(z_e.shape[:-1])
+
+    def forward(self, z_e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(straight-through quantised z_e, codes, codebook term, commitment term), the terms per row."""
+        codes = self.codes(z_e)
+        quantized = self.codebook(codes).to(z_e.dtype)
+        codebook = (quantized - z_e.detach()).float().pow(2).sum((1, 2))
+        commitment = (z_e - quantized.detach()).float().pow(2).sum((1, 2))
+        return z_e + (quantized - z_e).detach(), codes, codebook, commitment
+
+
+class CodePrior(nn.Module):
+    """p(k_1, ..., k_M | c) over M codes of `codebook_size` values. Autoregressive: a GRU reads
+    the codes before position m (each embedded, plus a learned embedding of m and one of the
+    condition) and gives the distribution of code m. Otherwise each code's distribution depends
+    on its position and the condition alone. `conditional=False` leaves the condition out."""
+
+    def __init__(
+        self,
+        num_codes: int,
+        codebook_size: int,
+        conditioning: Conditioning,
+        hidden: int = 256,
+        autoregressive: bool = True,
+        conditional: bool = True,
+    ):
+        super().__init__()
+        self.num_codes, self.codebook_size, self.conditioning = num_codes, codebook_size, conditioning
+        self.embed = nn.Embedding(codebook_size + 1, hidden)  # the last one starts each sequence
+        self.position = nn.Parameter(torch.zeros(num_codes, hidden))
+        self.condition = nn.Linear(conditioning.condition_features, hidden) if conditional else None
+        self.rnn = nn.GRU(hidden, hidden, batch_first=True) if autoregressive else None
+        self.head = nn.Sequential(nn.ReLU(), nn.Linear(hidden, codebook_size))
+
+    def _context(self, condition: torch.Tensor, rows: int) -> torch.Tensor:
+        """What every position's input adds: the condition's embedding (zeros without one), (N, 1, hidden)."""
+        if self.condition is None:
+            return self.position.new_zeros(rows, 1, self.position.shape[1])
+        return self.condition(self.conditioning.as_features(condition, self.position.dtype))[:, None]
+
+    def logits(self, codes: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """(N, M, codebook_size): the logits of each code given those before it (and the condition)."""
+        inputs = self.position[None] + self._context(condition, len(codes))
+        if self.rnn is not None:
+            start = codes.new_full((len(codes), 1), self.codebook_size)
+            inputs = inputs + self.embed(torch.cat([start, codes[:, :-1]], dim=1))
+            inputs = self.rnn(inputs)[0]
+        return self.head(inputs)
+
+    def log_prob(self, codes: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """log p(codes | c) per row, (N,)."""
+        logits = self.logits(codes, condition).float()
+        return -F.cross_entropy(logits.transpose(1, 2), codes, reduction="none").sum(1)
+
+    @torch.no_grad()
+    def sample(self, condition: torch.Tensor) -> torch.Tensor:
+        """One code sequence per condition, (N, M)."""
+        rows = len(condition)
+        context = self._context(condition, rows)
+        if self.rnn is None:
+            logits = self.head(self.position[None] + context).float()
+            return torch.distributions.Categorical(logits=logits).sample()
+        codes, state = [], None
+        previous = torch.full((rows,), self.codebook_size, dtype=torch.long, device=self.position.device)
+        for m in range(self.num_codes):
+            inputs = self.embed(previous)[:, None] + self.position[m] + context
+            output, state = self.rnn(inputs, state)
+            previous = torch.distributions.Categorical(logits=self.head(output[:, 0]).float()).sample()
+            codes.append(previous)
+        return torch.stack(codes, dim=1)
+
+
+class VQVAE(CVAE):
+    """The CVAE with a quantised latent and a prior over its codes (`code_prior`, a CodePrior
+    factory). The encoder's mean head gives z_e (its variance head goes unused: the
+    architectures are the CVAE's). `prior` must stay the standard one: the prior over codes
+    replaces it."""
+
+    discrete_latent = True  # consumers that need a Gaussian latent refuse it
+
+    def __init__(
+        self,
+        encoder: Callable[..., nn.Module],
+        decoder: Callable[..., nn.Module],
+        conditioning: Callable[..., Conditioning],
+        latent_dim: int,
+        image_shape: tuple[int, int, int],
+        num_classes: int,
+        condition_shape: tuple[int, int, int] | None = None,
+        prior: Callable[..., StandardPrior] = StandardPrior,
+        codebook_size: int = 64,
+        code_dim: int = 4,
+        code_prior: Callable[..., CodePrior] = CodePrior,
+    ):
+        if getattr(prior, "func", prior) is not StandardPrior:
+            name = getattr(getattr(prior, "func", prior), "__name__", prior)
+            raise ValueError(
+                f"model=vqvae has its own prior over its codes (model.code_prior), so it takes prior=standard, "
+                f"the default, not {name}"
+            )
+        if codebook_size < 2 or code_dim < 1 or latent_dim % code_dim:
+            raise ValueError(
+                f"model=vqvae needs model.codebook_size >= 2 (it is {codebook_size}) and model.latent_dim a multiple "
+                f"of model.code_dim >= 1 (they are {latent_dim} and {code_dim}): the latent is latent_dim / code_dim "
+                "codes"
+            )
+        super().__init__(encoder, decoder, conditioning, latent_dim, image_shape, num_classes, condition_shape)
+        self.num_codes, self.code_dim = latent_dim // code_dim, code_dim
+        self.quantizer = VectorQuantizer(codebook_size, code_dim)
+        spec = dict(num_classes=num_classes, condition_shape=self.condition_shape)
+        self.code_prior = code_prior(self.num_codes, codebook_size, Conditioning(**spec))
+
+    def _quantize(self, x: torch.Tensor, condition: torch.Tensor):
+        z_e = self.encoder(x, condition)[0]
+        z_q, codes, codebook, commitment = self.quantizer(z_e.view(len(x), self.num_codes, self.code_dim))
+        return z_e, z_q.flatten(1), codes, codebook, commitment
+
+    def encode(self, x: torch.Tensor, condition: torch.Tensor) -> Quantized:
+        _, z_q, codes, _, _ = self._quantize(x, condition)
+        return Quantized(z_q, codes)
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> VQOutput:
+        z_e, z_q, codes, codebook, commitment = self._quantize(x, condition)
+        kl = -self.code_prior.log_prob(codes, condition)
+        logits = self.decoder(z_q, condition)
+        return VQOutput(logits, z_e, torch.zeros_like(z_e), z_q, kl, codes, codebook, commitment)
+
+    def log_prior(self, z: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        raise ValueError(
+            "model=vqvae has a prior over its codes (log p(codes | c): model.code_prior.log_prob), not a density over z"
+        )
+
+    @torch.no_grad()
+    def sample(self, condition: torch.Tensor, n: int = 1, sampler: nn.Module | None = None) -> torch.Tensor:
+        """`n` images per condition from codes ~ p(codes | c), condition-major."""
+        if sampler is not None:
+            raise ValueError("model=vqvae samples from its prior over codes; a fitted latent sampler does not apply")
+        condition = condition.repeat_interleave(n, dim=0)
+        z = self.quantizer.codebook(self.code_prior.sample(condition)).flatten(1)
+        return self.decode(z.to(next(self.decoder.parameters()).dtype), condition)
