@@ -524,6 +524,19 @@ def epochs_done(checkpoint: dict) -> int:
     return checkpoint["epoch"] + 1
 
 
+def _shapes(state: dict, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    """The shape of each tensor of a state dict whose key starts with `prefix`, by the rest of its key."""
+    return {key.removeprefix(prefix): tuple(value.shape) for key, value in state.items() if key.startswith(prefix)}
+
+
+def _first_difference(saved: dict, expected: dict) -> str | None:
+    """Where two state dicts' shapes first differ (by key), as the checkpoint and this config have it."""
+    if saved == expected:
+        return None
+    key = sorted(set(saved.items()) ^ set(expected.items()))[0][0]
+    return f"{key}: {saved.get(key)} in the checkpoint, {expected.get(key)} here"
+
+
 def _check_checkpoint(path: str, model, objective, max_epochs: int, continues_its_run: bool = False) -> None:
     """The checkpoint must exist, load, hold this config's network (and the objective's own
     parameters, FactorVAE's discriminator) tensor for tensor, and leave epochs to train before
@@ -539,14 +552,8 @@ def _check_checkpoint(path: str, model, objective, max_epochs: int, continues_it
     )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        saved = {
-            key.removeprefix("cvae."): tuple(value.shape)
-            for key, value in checkpoint["state_dict"].items()
-            if key.startswith("cvae.")
-        }
-        saved_objective = {
-            key: tuple(value.shape) for key, value in checkpoint["state_dict"].items() if key.startswith("objective.")
-        }
+        saved = _shapes(checkpoint["state_dict"], "cvae.")
+        saved_objective = _shapes(checkpoint["state_dict"], "objective.")
         done = epochs_done(checkpoint)
     except Exception as error:  # truncated, not a torch file, not a Lightning checkpoint
         raise UserInputError(
@@ -554,23 +561,19 @@ def _check_checkpoint(path: str, model, objective, max_epochs: int, continues_it
             f"({type(error).__name__}: {str(error)[:200]}); it may be truncated. Use a .ckpt written by "
             f"cvae-train, e.g. <run dir>/checkpoints/last.ckpt."
         ) from None
-    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
-    if saved != expected:
-        different = sorted(set(saved.items()) ^ set(expected.items()))[0][0]
+    different = _first_difference(saved, _shapes(model.state_dict()))
+    if different:
         raise UserInputError(
             f"Invalid config value ckpt_path={path!r}: the checkpoint holds another model than this "
-            f"config builds (first difference at {different}: {saved.get(different)} in the checkpoint, "
-            f"{expected.get(different)} here). Resume with the run's own config (resume=<run dir>) "
+            f"config builds (first difference at {different}). Resume with the run's own config (resume=<run dir>) "
             f"or set model/conditioning/data as they were."
         )
     state = objective.state_dict() if isinstance(objective, torch.nn.Module) else {}
-    expected_objective = {f"objective.{key}": tuple(value.shape) for key, value in state.items()}
-    if saved_objective != expected_objective:
-        different = sorted(set(saved_objective.items()) ^ set(expected_objective.items()))[0][0]
+    different = _first_difference(saved_objective, _shapes(state))
+    if different:
         raise UserInputError(
             f"Invalid config value ckpt_path={path!r}: the checkpoint's objective has other parameters than this "
-            f"config's ({type(objective).__name__}) builds (first difference at {different}: "
-            f"{saved_objective.get(different)} in the checkpoint, {expected_objective.get(different)} here). A "
+            f"config's ({type(objective).__name__}) builds (first difference at objective.{different}). A "
             "checkpoint carries its objective's parameters and optimizers (FactorVAE's discriminator), so "
             "ckpt_path continues under the objective it was trained with, its arguments as they were "
             "(loss.hidden, loss.layers)."
