@@ -288,6 +288,8 @@ def extra_arguments(words: list[str], mnist: bool) -> list[str]:
         dsprites = bool(DSPRITES.search(" ".join(words)))
         names_its_data = dsprites or any(word.startswith("data=") for word in words)  # a dataset other than MNIST
         extra = TRAIN_SHORT + (TRAIN_MNIST_SHORT if mnist else [] if names_its_data else TRAIN_NOT_MNIST)
+        if "model=vqvae" in words:  # a point-mass posterior: no importance sampling (checks refuses it)
+            extra.remove("eval.nll_samples=5")
         extra += DSPRITES_SHORT if dsprites else []
         if "hparams_search=optuna" in words:
             extra = extra + OPTUNA_SHORT
