@@ -1,5 +1,6 @@
 """Files written whole or not at all: a reader never sees half a file, and a failed write
-leaves nothing behind; and the lock that tells a live run's directory from a dead one's."""
+leaves nothing behind; the lock that tells a live run's directory from a dead one's; and
+which of a run's processes writes its records."""
 
 import fcntl
 import json
@@ -99,3 +100,9 @@ def held_elsewhere(path: Path) -> bool:
         return True
     finally:
         os.close(descriptor)
+
+
+def first_process() -> bool:
+    """Whether this is the run's first process (rank 0 of a data-parallel run, which Lightning
+    starts once per device, or srun once per task; a run of one process is its own first)."""
+    return all(int(os.environ.get(name, 0)) == 0 for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))

@@ -13,6 +13,7 @@ one paragraph and exits with status 2, having written nothing.
 import copy
 import json
 import os
+import shlex
 import sys
 import tempfile
 import traceback
@@ -33,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from cvae_exp.checks import build_data, check_sweep, check_values, epochs_done, validate
 from cvae_exp.compose import composition_error
 from cvae_exp.errors import UserInputError, report_and_exit
-from cvae_exp.files import held_elsewhere, hold
+from cvae_exp.files import first_process, held_elsewhere, hold
 
 RESUMES_FILE = Path(".hydra") / "resumes.yaml"
 # What a resumed run cannot change: the model, what it is trained on and how (data.root may move)
@@ -50,7 +51,7 @@ class Preflight(Callback):
             with read_write(config), open_dict(config):
                 if config.get("resume"):
                     record = continue_run(config)
-            first_rank = os.environ.get("LOCAL_RANK", "0") == "0"  # DDP starts the command again per rank
+            first_rank = first_process()  # DDP starts the command again per rank, srun once per task
             if record is not None and first_rank and not hold(Path(config.resume) / "train.log"):
                 raise UserInputError(
                     f"Cannot resume resume={display_path(Path(config.resume))}: the run is running now (another "
@@ -308,13 +309,14 @@ def continue_run(config: DictConfig) -> tuple[dict, list[str]]:
             raise UserInputError(
                 f"Cannot change the config group {key}={override.value()} of a resumed run: "
                 f"resume={config.resume!r} continues that run with its own config; only values "
-                f"such as trainer.max_epochs=N may be overridden."
+                f"such as trainer.max_epochs=N may be overridden. Start a new run with its overrides "
+                f"and the new choice: {_new_run(run_dir, overrides)}."
             )
         top = key.split(".")[0]
         if top in RUN_DEFINING and key != "data.root" and OmegaConf.select(saved, key) != override.value():
             checkpoint = f"ckpt_path={config.resume.rstrip('/')}/checkpoints/last.ckpt"
             how = {  # ckpt_path brings the run's weights, optimizer, scheduler and random states; a new loss applies
-                "loss": f" ({checkpoint} starts it from that run's weights)",
+                "loss": f" {checkpoint} (which starts it from that run's weights)",
                 "optim": f" ({checkpoint} would restore that run's optimizer state over it)",
                 "scheduler": f" ({checkpoint} would restore that run's scheduler state over it)",
                 "seed": f" ({checkpoint} would restore that run's random states over it)",
@@ -324,7 +326,7 @@ def continue_run(config: DictConfig) -> tuple[dict, list[str]]:
                 "resumed run: "
                 f"resume={config.resume!r} trains on the checkpoint of that run, whose "
                 f"{', '.join(RUN_DEFINING)} are fixed; "
-                f"start a new run with {key}={override.value()}{how}."
+                f"start a new run with its overrides and the new value: {_new_run(run_dir, overrides)}{how}."
             )
         OmegaConf.update(saved, key, override.value(), force_add=True)
     done = _epochs_in(last, run_dir)
@@ -346,6 +348,21 @@ def continue_run(config: DictConfig) -> tuple[dict, list[str]]:
     config.hydra.output_subdir = None
     config.hydra.runtime.choices = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.runtime.choices
     return new_config, overrides
+
+
+def _new_run(run_dir: Path, overrides: list[str]) -> str:
+    """The command of a new run like the one in `run_dir` (its own overrides: its config groups,
+    loss=vqvae say, and values), with the `overrides` of the refused resume in place of its own."""
+    try:
+        saved = [str(item) for item in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
+    except (OSError, ValueError):  # a run without its overrides file: the new overrides alone
+        saved = []
+
+    def key(override: str) -> str:
+        return override.partition("=")[0].lstrip("+~")
+
+    changed = {key(item) for item in overrides}
+    return shlex.join(["cvae-train", *(item for item in saved if key(item) not in changed), *overrides])
 
 
 def _epochs_in(last: Path, run_dir: Path) -> int:

@@ -29,7 +29,7 @@ from cvae_exp.compose import (
     import_from_working_directory,
 )
 from cvae_exp.errors import RunInterrupted, TrainingDiverged, UserInputError, report_and_exit
-from cvae_exp.files import hold, write_json
+from cvae_exp.files import first_process, hold, write_json
 from cvae_exp.preflight import display_path, read_resumes
 from cvae_exp.resume import resumed_sweep_arguments
 from cvae_exp.summary import run_summary
@@ -166,12 +166,6 @@ def execute(cfg: DictConfig) -> dict:
         write_json(run_dir / "metrics.json", metrics)
         log.info(closing_line(metrics, run_dir, time.perf_counter() - start))
     return metrics
-
-
-def first_process() -> bool:
-    """Whether this is the run's first process (rank 0 of a data-parallel run, which Lightning
-    starts once per device, or srun once per task; a run of one process is its own first)."""
-    return all(int(os.environ.get(name, 0)) == 0 for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
 
 
 def end_progress_bar_line() -> None:

@@ -7,6 +7,7 @@ import os
 import pty
 import re
 import select
+import shlex
 import struct
 import subprocess
 import sys
@@ -142,17 +143,33 @@ def test_sample_and_eval_make_a_new_out_folder_only_for_a_file_they_write(tmp_pa
 
 @pytest.mark.slow  # trains a one-epoch run and one more epoch from its checkpoint: 20 s
 def test_a_refused_resume_suggests_ckpt_path_only_where_it_works(tmp_path, short_run):
+    """The advice is the run's own command with the new value (and ckpt_path where it applies
+    the value); followed as printed, it trains."""
+    its = "cvae-train " + shlex.join(FAST)  # and trainer.max_epochs=1, which a resume below replaces or keeps
     other_model = run_cli(f"resume={short_run}", "trainer.max_epochs=2", "model.latent_dim=4", cwd=tmp_path)
-    assert_refused(other_model, "train", "model.latent_dim", "start a new run with model.latent_dim=4.")
+    assert_refused(
+        other_model,
+        "train",
+        "model.latent_dim",
+        f": {its} trainer.max_epochs=2 model.latent_dim=4.",
+    )
     assert "ckpt_path" not in other_model.stderr
+    other_group = run_cli(f"resume={short_run}", "model=conv", cwd=tmp_path)
+    assert_refused(other_group, "train", "model=conv", f": {its} trainer.max_epochs=1 model=conv.")
     other_lr = run_cli(f"resume={short_run}", "trainer.max_epochs=2", "optim.lr=0.01", cwd=tmp_path)
-    assert_refused(other_lr, "train", "start a new run with optim.lr=0.01", "would restore that run's optimizer")
+    assert_refused(
+        other_lr, "train", f"{its} trainer.max_epochs=2 optim.lr=0.01 (", "would restore that run's optimizer"
+    )
     other_loss = run_cli(f"resume={short_run}", "trainer.max_epochs=2", "loss.beta=2", cwd=tmp_path)
     checkpoint = f"ckpt_path={short_run}/checkpoints/last.ckpt"
-    assert_refused(other_loss, "train", "start a new run with loss.beta=2", f"{checkpoint} starts it")
+    assert_refused(
+        other_loss,
+        "train",
+        f": {its} trainer.max_epochs=2 loss.beta=2 {checkpoint} (which",
+    )
     assert list(tmp_path.iterdir()) == []
-    followed = run_cli(*FAST, checkpoint, "loss.beta=2", "trainer.max_epochs=2", f"hydra.run.dir={tmp_path / 'new'}",
-                       cwd=tmp_path)  # fmt: skip
+    advice = other_loss.stderr.partition(": cvae-train ")[2].partition(" (which")[0]
+    followed = run_cli(*shlex.split(advice), f"hydra.run.dir={tmp_path / 'new'}", cwd=tmp_path)
     assert followed.returncode == 0, followed.stderr[-3000:]
     assert "completed" in followed.stdout
 

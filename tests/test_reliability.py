@@ -20,7 +20,7 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from cvae_exp import eval as evaluate
 from cvae_exp import sample, table, train
 from cvae_exp.errors import TrainingDiverged
-from cvae_exp.files import write_json
+from cvae_exp.files import first_process, write_json
 from cvae_exp.run import build_module
 from tests.helpers import run_cli
 
@@ -394,3 +394,18 @@ def test_json_is_replaced_atomically(tmp_path):
         write_json(path, {"status": object()})
     assert json.loads(path.read_text()) == {"status": "completed"}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+@pytest.mark.parametrize(
+    "environment, first",
+    [({}, True), ({"LOCAL_RANK": "1"}, False), ({"RANK": "2"}, False), ({"SLURM_PROCID": "1"}, False)]
+    + [({"LOCAL_RANK": "0", "RANK": "0", "SLURM_PROCID": "0"}, True)],
+)
+def test_one_process_of_a_run_writes_its_records(monkeypatch, environment, first):
+    """DDP starts the command once per device (LOCAL_RANK, RANK), srun once per task
+    (SLURM_PROCID, with no LOCAL_RANK): only the first claims the run and records resumes."""
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert first_process() is first
