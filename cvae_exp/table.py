@@ -25,8 +25,9 @@ from cvae_exp.preflight import display_path
 from cvae_exp.summary import run_summary
 
 SHOWN = ["epochs", "latent_dim", "lr"]  # always shown; other hyperparameters when they vary
-# Columns where any run has them: the lab's grader, likelihoods, the disentanglement metrics, and
-# the reconstruction term (what runs of different objectives are matched on).
+# Columns where any run has them: the lab's grader, likelihoods, the dataset classifier's metrics
+# of samples, the disentanglement metrics, and the reconstruction term (what runs of different
+# objectives are matched on).
 METRICS = (
     "ssim",
     "mse",
@@ -35,6 +36,11 @@ METRICS = (
     "score_uncapped",
     "nll",
     "neg_elbo",
+    "sample_accuracy",
+    "classifier_fid",
+    "sample_precision",
+    "sample_recall",
+    "classifier_accuracy",  # the classifier's own test accuracy, beside the metrics it serves
     "mig",
     "factorvae_score",
     "dci_disentanglement",
@@ -54,6 +60,11 @@ DIGITS = {
     "score_uncapped": 2,
     "nll": 2,
     "neg_elbo": 2,
+    "sample_accuracy": 3,
+    "classifier_fid": 2,
+    "sample_precision": 3,
+    "sample_recall": 3,
+    "classifier_accuracy": 3,
     "mig": 3,
     "factorvae_score": 3,
     "dci_disentanglement": 3,

@@ -195,3 +195,22 @@ def test_several_sweeps_need_a_place_for_their_table(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "--out" in capsys.readouterr().err
     assert not list(tmp_path.glob("*/table*"))
+
+
+def test_runs_of_one_study_show_the_classifier_metrics_and_the_likelihoods(tmp_path):
+    """As scripts/reproduce_family.sh runs it: separate runs of one directory, one model each;
+    a model without a posterior density (VQ-VAE) has neg_elbo and no nll."""
+    study = tmp_path / "study"
+    classified = {"sample_accuracy": 0.95, "classifier_fid": 12.345, "sample_precision": 0.8, "sample_recall": 0.6}
+    classified["classifier_accuracy"] = 0.994
+    make_job(study, "cvae", model="mlp", metrics=completed(20.0, nll=90.123, neg_elbo=95.0, **classified))
+    make_job(study, "vqvae", model="vqvae", metrics=completed(21.0, neg_elbo=99.0, **classified))
+    main([str(study)])
+    rows = {row["run"]: row for row in csv.DictReader((study / "table.csv").open())}
+    assert rows["cvae"]["nll"] == "90.123" and rows["vqvae"]["nll"] == ""
+    header = (study / "table.md").read_text().splitlines()[0]
+    assert (
+        "| nll | neg_elbo | sample_accuracy | classifier_fid | sample_precision | sample_recall | classifier_accuracy |"
+        in header
+    )
+    assert "| 90.12 | 95.00 | 0.950 | 12.35 | 0.800 | 0.600 | 0.994 |" in (study / "table.md").read_text()
