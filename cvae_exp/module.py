@@ -25,6 +25,7 @@ from cvae_exp.classifier import (
     group_accuracies,
     load_or_train,
 )
+from cvae_exp.data.batches import bernoulli_uint8
 from cvae_exp.errors import TrainingDiverged
 from cvae_exp.evaluation import generate_per_class, grade, grader_skipped, save_grader_images
 from cvae_exp.likelihood import importance_sampled_nll
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)  # on the console and in train.log (configs/hy
 notices = logging.getLogger("cvae_exp.notices")  # in train.log only: what every run would repeat on the console
 # Where the grader does not run, the classifier metrics compare samples with the first test images
 TEST_IMAGES_FOR_CLASSIFIER_METRICS = 10_000
+SAMPLE_BINARIZATION_SEED = 0  # the draws of binary samples from their pixel means (_as_the_data)
 
 
 class CVAEModule(L.LightningModule):
@@ -284,14 +286,16 @@ class CVAEModule(L.LightningModule):
         inception = self._inception_fid_applies()
         if not self.graded and (classify or inception):
             originals, generated, generated_labels = self._samples_for_the_classifier()
+        if classify or inception:
+            samples = self._as_the_data(generated)
         if classify:
             classifier, self.classifier_record = load_or_train(
                 self.trainer.datamodule, self.hparams.eval["classifier_dir"]
             )
-            metrics.update(self._classifier_metrics(classifier, originals, generated, generated_labels))
+            metrics.update(self._classifier_metrics(classifier, originals, samples, generated_labels))
         if inception:
             metric = fid_metric(self.hparams.eval["inception_weights"], self.cvae.image_shape)
-            metrics["inception_fid"] = inception_fid(metric, originals, generated, self.device)
+            metrics["inception_fid"] = inception_fid(metric, originals, samples, self.device)
         if self.hparams.eval["disentanglement_metrics"]:
             metrics.update(self._disentanglement_metrics())
         if metrics:
@@ -323,6 +327,15 @@ class CVAEModule(L.LightningModule):
             self.cvae.is_conditional,
         )
         return metrics, originals, reconstructions, generated, generated_labels
+
+    def _as_the_data(self, generated: torch.Tensor) -> torch.Tensor:
+        """Samples to compare with the test images: on binarised data (data.binarize) under the
+        Bernoulli likelihood, draws x ~ Bernoulli(mean), binary as the test images are, not the
+        grey pixel means (the grader's images stay its means); otherwise the means themselves."""
+        binary = self.hparams.data.get("binarize", "none") != "none"
+        if not (binary and getattr(self.objective, "likelihood", None) == "bernoulli"):
+            return generated
+        return bernoulli_uint8(generated.cpu(), SAMPLE_BINARIZATION_SEED).to(generated.device)
 
     def _classifiable(self) -> bool:
         """The dataset classifier's metrics need class labels or multi-hot attribute vectors."""

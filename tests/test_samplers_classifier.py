@@ -252,3 +252,30 @@ def test_group_accuracies_take_the_most_likely_attribute_of_each_group():
     vectors = torch.tensor([[1.0, 0, 0, 0, 1], [0, 1, 0, 1, 0], [1, 0, 0, 1, 0]])
     found = classifier_module.group_accuracies(classifier, logits, vectors, {"digit": 3, "colour": 2})
     assert found == {"digit": pytest.approx(2 / 3), "colour": pytest.approx(1.0)}
+
+
+@pytest.mark.parametrize(
+    "binarize, likelihood, binary",
+    [("dynamic", "bernoulli", True), ("static", "bernoulli", True)]
+    + [("none", "bernoulli", False), ("dynamic", "gaussian", False)],
+)
+def test_samples_of_a_model_of_binary_images_are_compared_as_binary_draws(binarize, likelihood, binary):
+    """On binarised data a Bernoulli model's samples are x ~ Bernoulli(mean), binary as the
+    test images they are compared with; elsewhere the pixel means themselves."""
+    from types import SimpleNamespace
+
+    from cvae_exp.module import CVAEModule
+
+    means = torch.tensor([0, 64, 128, 191, 255], dtype=torch.uint8).repeat(4000, 1)
+    module = SimpleNamespace(hparams=SimpleNamespace(data={"binarize": binarize}), objective=SimpleNamespace())
+    module.objective.likelihood = likelihood
+    samples = CVAEModule._as_the_data(module, means)
+    if not binary:
+        assert samples is means
+        return
+    assert samples.dtype == torch.uint8 and set(samples.unique().tolist()) <= {0, 255}
+    frequency = (samples == 255).float().mean(0)
+    expected = means[0].float() / 255
+    standard_error = (expected * (1 - expected) / len(means)).sqrt()
+    assert torch.all((frequency - expected).abs() <= 5 * standard_error + 1e-6), (frequency, expected)
+    assert torch.equal(samples, CVAEModule._as_the_data(module, means))  # seeded: the same draws every run
