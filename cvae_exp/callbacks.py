@@ -145,15 +145,23 @@ class ImageLogger(Callback):
                     "samples/reconstructions": visualize.reconstructions(
                         cvae, images[: self.num_images], labels[: self.num_images]
                     ),
-                    "samples/interpolation": visualize.interpolation(
-                        cvae, images[starts], labels[starts], images[ends], labels[ends], self.steps
-                    ),
                 }
-                if type(cvae.prior) is StandardPrior:  # one z under every label is a prior draw only there
+                if not getattr(cvae, "discrete_latent", False):  # points between a VQ-VAE's codes are no codes
+                    grids["samples/interpolation"] = visualize.interpolation(
+                        cvae, images[starts], labels[starts], images[ends], labels[ends], self.steps
+                    )
+                if standard_normal_latent(cvae):  # one z under every label is a prior draw only there
                     grids["samples/label_swap"] = visualize.label_swap(cvae, self.num_images)
         for writer in writers:
             for tag, grid in grids.items():
                 writer.add_image(tag, grid, trainer.global_step)
+
+
+def standard_normal_latent(cvae) -> bool:
+    """Whether the whole of z is N(0, I) under every condition: the standard prior over one
+    Gaussian layer (not a hierarchy's z1 given z2 and c, not a VQ-VAE's codes)."""
+    one_layer = getattr(cvae, "stochastic_layers", 1) == 1 and not getattr(cvae, "discrete_latent", False)
+    return type(cvae.prior) is StandardPrior and one_layer
 
 
 def same_class_pairs(labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -143,12 +143,13 @@ def validate(cfg: DictConfig, devices_here: bool = True) -> DictConfig:
             "needs data whose labels are ground-truth factors (data.factor_names, as data=dsprites has; "
             f"data={typed.data.name} has none) and a model with a latent variable (not prior=none)",
         )
+    from cvae_exp.models.vqvae import NO_POSTERIOR_DENSITY
+
     _require(
         not (typed.eval.nll_samples and getattr(model, "discrete_latent", False)),
         "eval.nll_samples",
         typed.eval.nll_samples,
-        "importance sampling needs a posterior density, and model=vqvae's is a point mass at its codes; its "
-        "bound on -log p(x | c) is test/neg_elbo, logged by loss=vqvae in every run (eval.nll_samples=0)",
+        f"{NO_POSTERIOR_DENSITY} (eval.nll_samples=0)",
     )
     if typed.eval.inception_weights is not None:  # the weights load, and serve images of this shape
         from cvae_exp.metrics.inception import fid_metric

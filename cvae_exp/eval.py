@@ -132,9 +132,12 @@ def main(argv: list[str] | None = None) -> None:
         import lightning as L
         from hydra.utils import instantiate
 
+        from cvae_exp.models.vqvae import NO_POSTERIOR_DENSITY
         from cvae_exp.samplers import require_applicable
 
         require_applicable(module.cvae, module.hparams.eval["sampler"])
+        if args.nll_samples and getattr(module.cvae, "discrete_latent", False):
+            raise UserInputError(f"--nll-samples {args.nll_samples}: {NO_POSTERIOR_DENSITY} (--nll-samples 0).")
 
         data = dict(module.hparams.data, **({"root": args.data_root} if args.data_root else {}))
         out = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent

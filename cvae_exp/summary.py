@@ -23,6 +23,7 @@ def run_summary(cfg: DictConfig, choices: dict[str, Any] | None = None) -> dict[
     return {
         "data": cfg.data.name,
         "model": choices.get("model"),
+        **_parameters("model", _model_keys(cfg.model)),
         "conditioning": choices.get("conditioning"),
         "task": choices.get("task"),
         **_parameters("task", cfg.get("task")),
@@ -41,6 +42,16 @@ def run_summary(cfg: DictConfig, choices: dict[str, Any] | None = None) -> dict[
         "batch_size": cfg.data.batch_size,
         "seed": cfg.seed,
         "precision": str(cfg.trainer.precision),
+    }
+
+
+def _model_keys(model: Any) -> dict[str, Any]:
+    """A model's own arguments (model.codebook_size, model.top_dim, ...): its values but
+    latent_dim (reported as such) and its networks and other nested nodes."""
+    return {
+        key: value
+        for key, value in model.items()
+        if key != "latent_dim" and not isinstance(value, DictConfig) and not str(key).startswith("_")
     }
 
 

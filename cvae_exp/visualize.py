@@ -98,7 +98,8 @@ def latent_interpolation(cvae: CVAE, labels: torch.Tensor, steps: int, sampler=N
     """Row i: `steps` images of class labels[i] along the line between two z ~ p(z | label)
     (or the fitted sampler): `interpolation` without data."""
     labels = checked_labels(cvae, labels)
-    start, end = (sampler or cvae.prior).sample(labels.repeat(2)).view(2, len(labels), -1)
+    _require_continuous(cvae, "an interpolation")
+    start, end = (sampler.sample if sampler else cvae.sample_latent)(labels.repeat(2)).view(2, len(labels), -1)
     return _interpolate(cvae, start, end, labels, steps)
 
 
@@ -108,6 +109,7 @@ def traversal(cvae: CVAE, labels: torch.Tensor, dim: int, span: float = 3.0, ste
     [-span, span]: what that one latent coordinate controls."""
     labels = checked_labels(cvae, labels)
     _check_at_least("steps", steps, 2)
+    _require_continuous(cvae, "a traversal")
     if not 0 <= dim < cvae.latent_dim:
         raise ValueError(
             f"dim={dim} is not a latent coordinate: the model's latent_dim is {cvae.latent_dim}, so dim must "
@@ -116,6 +118,15 @@ def traversal(cvae: CVAE, labels: torch.Tensor, dim: int, span: float = 3.0, ste
     z = torch.zeros(len(labels) * steps, cvae.latent_dim, device=labels.device)
     z[:, dim] = torch.linspace(-span, span, steps, device=labels.device).repeat(len(labels))
     return _grid(cvae.decode(z, labels.repeat_interleave(steps)), columns=steps)
+
+
+def _require_continuous(cvae: CVAE, grid: str) -> None:
+    """Points between codes are no codes: a VQ-VAE's decoder has only seen its code vectors."""
+    if getattr(cvae, "discrete_latent", False):
+        raise ValueError(
+            f"model=vqvae cannot draw {grid}: its decoder reads code vectors of its codebook, and the points "
+            "between or around them are not codes; mode=grid draws its codes from the prior over codes"
+        )
 
 
 @_inference

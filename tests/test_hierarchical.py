@@ -145,3 +145,15 @@ def test_the_top_layer_takes_the_runs_prior(prior, arguments):
     assert output.z.shape == (3, 5) and torch.isfinite(output.kl).all()
     z = model.encode(x, labels).rsample(2)
     assert torch.isfinite(model.log_prior(z, labels)).all()
+
+
+def test_a_latent_interpolation_runs_between_draws_of_both_layers():
+    """cvae-sample mode=interpolate: the line's ends are z = [z1, z2] ~ p(z1 | z2, c) p(z2 | c)."""
+    from cvae_exp import visualize
+    from cvae_exp.callbacks import standard_normal_latent
+
+    model = hierarchical()
+    torch.manual_seed(0)
+    grid = visualize.latent_interpolation(model, torch.tensor([0, 1]), steps=4)
+    assert grid.shape == (3, 2 * 4 + 3 * 2, 4 * 4 + 5 * 2)  # 2 rows and 4 columns of 4x4 images, padding 2
+    assert not standard_normal_latent(model)  # p(z1 | z2, c): one z is no draw under every label

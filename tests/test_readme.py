@@ -80,6 +80,7 @@ NEEDS_MNIST = (
     "experiment=report_",
     "experiment=sohn_",
     "experiment=binarized_",
+    "experiment=mnist_",
     "scripts/reproduce_",
     "/path/to/datasets",
 )

@@ -184,3 +184,46 @@ def test_cvae_train_refuses_a_vqvae_under_the_elbo_in_one_paragraph(tmp_path):
     result = run_cli("model=vqvae", "debug=fast", cwd=tmp_path)
     assert_refused(result, "train", "loss=vqvae")
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("mode", ["interpolate", "traverse"])
+def test_grids_between_or_around_codes_are_refused_and_the_code_samples_drawn(mode):
+    """The decoder has seen only code vectors: mode=interpolate and mode=traverse are refused
+    with one line, the TensorBoard callback draws neither those nor the label swap."""
+    from cvae_exp import visualize
+    from cvae_exp.callbacks import standard_normal_latent
+
+    model = vqvae()
+    with pytest.raises(ValueError, match="model=vqvae cannot draw a"):
+        if mode == "interpolate":
+            visualize.latent_interpolation(model, torch.tensor([0, 1]), steps=3)
+        else:
+            visualize.traversal(model, torch.tensor([0]), dim=0)
+    assert not standard_normal_latent(model)
+    torch.manual_seed(0)
+    z = model.sample_latent(torch.tensor([0, 1, 2]))
+    codebook = model.quantizer.codebook.weight
+    assert all(any(torch.equal(vector, code) for code in codebook) for vector in z.view(-1, 2))
+
+
+@pytest.mark.slow  # trains a short VQ-VAE run, then refuses two commands on it: 30 s
+def test_cvae_eval_and_cvae_sample_refuse_on_a_vqvae_run_what_it_cannot_do(tmp_path):
+    run = tmp_path / "run"
+    trained = run_cli("model=vqvae", "loss=vqvae", "debug=fast", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    before = sorted(path.relative_to(run) for path in run.rglob("*"))
+    nll = run_cli(str(run), "--nll-samples", "10", cwd=tmp_path, tool="eval")
+    assert_refused(nll, "eval", "--nll-samples 10", "point mass", "test/neg_elbo")
+    interpolated = run_cli(str(run), "mode=interpolate", cwd=tmp_path, tool="sample")
+    assert_refused(interpolated, "sample", "model=vqvae cannot draw an interpolation", "mode=grid")
+    assert sorted(path.relative_to(run) for path in run.rglob("*")) == before
+
+
+def test_a_vqvaes_own_arguments_are_hyperparameters_of_its_run(compose_train):
+    """metrics.json's hparams, TensorBoard's HParams and cvae-table's columns tell runs of
+    another model.codebook_size apart; the networks' nested nodes stay out."""
+    from cvae_exp.summary import run_summary
+
+    summary = run_summary(compose_train(["model=vqvae", "loss=vqvae", "model.codebook_size=16"]))
+    assert summary["model"] == "vqvae" and summary["model.codebook_size"] == 16 and summary["model.code_dim"] == 4
+    assert not any(key.startswith(("model.encoder", "model.decoder", "model.latent_dim")) for key in summary)

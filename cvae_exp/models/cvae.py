@@ -4,11 +4,13 @@ Its methods are the model protocol that the objective, the evaluation, the sampl
 grids and cvae-sample use (docs/extending.md): `forward(x, c)` -> CVAEOutput (what the
 objective needs: decoder logits and the KL term), `encode(x, c)` -> the posterior
 q(z | x, c) (`.mean`, `.rsample(k)`, `.log_prob(z)`), `decode(z, c)` -> pixel means,
-`decode_logits(z, c)`, `log_prior(z, c)`, `sample(c, n)` and `reconstruct(x, c)`; the
+`decode_logits(z, c)`, `log_prior(z, c)`, `sample_latent(c)` -> z ~ p(z | c), `sample(c, n)`
+and `reconstruct(x, c)`; the
 attributes `latent_dim`, `image_shape`, `num_classes`, `has_latent`, `condition_kind`,
 `labels_condition` and `is_conditional` say what the model is, so that a consumer that needs a Gaussian
 latent or class labels can refuse with one line; a model whose latent is quantised (the VQ-VAE,
-cvae_exp/models/vqvae.py) also sets `discrete_latent = True`.
+cvae_exp/models/vqvae.py) also sets `discrete_latent = True`, and one with several layers of
+z (cvae_exp/models/hierarchical.py) `stochastic_layers`.
 """
 
 from collections.abc import Callable
@@ -142,12 +144,14 @@ class CVAE(nn.Module):
         use_mean = use_mean or self.encoder is None
         return self.decode(posterior.mean if use_mean else posterior.rsample(), condition)
 
+    def sample_latent(self, condition: torch.Tensor) -> torch.Tensor:
+        """z ~ p(z | c), one row per condition: the model's whole latent, as `decode` reads it."""
+        return self.prior.sample(condition)
+
     @torch.no_grad()
     def sample(self, condition: torch.Tensor, n: int = 1, sampler: nn.Module | None = None) -> torch.Tensor:
         """`n` images per condition from z ~ p(z | c), or from a fitted latent sampler
         (cvae_exp/samplers.py): shape (len(condition) * n, C, H, W), condition-major."""
         condition = condition.repeat_interleave(n, dim=0)
-        z = (
-            (sampler or self.prior).sample(condition).to(next(self.decoder.parameters()).dtype)
-        )  # float64 / bf16-true runs
-        return self.decode(z, condition)
+        z = self.sample_latent(condition) if sampler is None else sampler.sample(condition)
+        return self.decode(z.to(next(self.decoder.parameters()).dtype), condition)  # float64 / bf16-true runs

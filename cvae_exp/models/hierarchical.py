@@ -156,9 +156,3 @@ class HierarchicalVAE(CVAE):
         """z = [z1, z2] ~ p(z1 | z2, c) p(z2 | c), one row per condition."""
         z2 = self.prior.sample(condition)
         return torch.cat([reparameterize(*self.top_down(z2, condition)), z2], dim=-1)
-
-    @torch.no_grad()
-    def sample(self, condition: torch.Tensor, n: int = 1, sampler: nn.Module | None = None) -> torch.Tensor:
-        condition = condition.repeat_interleave(n, dim=0)
-        z = self.sample_latent(condition) if sampler is None else sampler.sample(condition)
-        return self.decode(z.to(next(self.decoder.parameters()).dtype), condition)

@@ -22,6 +22,12 @@ from cvae_exp.models.conditioning import Conditioning
 from cvae_exp.models.cvae import CVAE, CVAEOutput
 from cvae_exp.models.priors import StandardPrior
 
+# Why a VQ-VAE has no importance-sampled -log p (cvae-train's eval.nll_samples, cvae-eval's --nll-samples)
+NO_POSTERIOR_DENSITY = (
+    "importance sampling needs a posterior density, and model=vqvae's is a point mass at its codes; its bound "
+    "on -log p(x | c) is test/neg_elbo, logged by loss=vqvae in every run"
+)
+
 
 @dataclass
 class Quantized:
@@ -194,11 +200,13 @@ class VQVAE(CVAE):
             "model=vqvae has a prior over its codes (log p(codes | c): model.code_prior.log_prob), not a density over z"
         )
 
+    def sample_latent(self, condition: torch.Tensor) -> torch.Tensor:
+        """The code vectors of codes ~ p(codes | c), one row per condition."""
+        return self.quantizer.codebook(self.code_prior.sample(condition)).flatten(1)
+
     @torch.no_grad()
     def sample(self, condition: torch.Tensor, n: int = 1, sampler: nn.Module | None = None) -> torch.Tensor:
         """`n` images per condition from codes ~ p(codes | c), condition-major."""
         if sampler is not None:
             raise ValueError("model=vqvae samples from its prior over codes; a fitted latent sampler does not apply")
-        condition = condition.repeat_interleave(n, dim=0)
-        z = self.quantizer.codebook(self.code_prior.sample(condition)).flatten(1)
-        return self.decode(z.to(next(self.decoder.parameters()).dtype), condition)
+        return super().sample(condition, n)
