@@ -95,7 +95,7 @@ def test_the_prior_over_codes_is_a_distribution_and_samples_from_itself(autoregr
     )
 
 
-def vqvae(**changes):
+def vqvae(conditioning="Concat", **changes):
     model = {
         "_target_": "cvae_exp.models.VQVAE",
         "latent_dim": 8,
@@ -106,7 +106,7 @@ def vqvae(**changes):
         "code_prior": {"_target_": "cvae_exp.models.vqvae.CodePrior", "_partial_": True, "hidden": 8},
         **changes,
     }
-    conditioning = instantiate({"_target_": "cvae_exp.models.conditioning.Concat", "_partial_": True})
+    conditioning = instantiate({"_target_": f"cvae_exp.models.conditioning.{conditioning}", "_partial_": True})
     return instantiate(model, conditioning=conditioning, image_shape=[1, 4, 4], num_classes=3)
 
 
@@ -227,3 +227,13 @@ def test_a_vqvaes_own_arguments_are_hyperparameters_of_its_run(compose_train):
     summary = run_summary(compose_train(["model=vqvae", "loss=vqvae", "model.codebook_size=16"]))
     assert summary["model"] == "vqvae" and summary["model.codebook_size"] == 16 and summary["model.code_dim"] == 4
     assert not any(key.startswith(("model.encoder", "model.decoder", "model.latent_dim")) for key in summary)
+
+
+def test_an_unconditional_vqvae_has_an_unconditional_prior_over_its_codes():
+    """conditioning=none: the label reaches neither the networks nor p(codes), even where
+    model.code_prior.conditional says true."""
+    prior = {"_target_": "cvae_exp.models.vqvae.CodePrior", "_partial_": True, "hidden": 8, "conditional": True}
+    model = vqvae(conditioning="Conditioning", code_prior=prior)
+    assert not model.is_conditional and model.code_prior.condition is None
+    log_p = model.code_prior.log_prob(torch.tensor([[0, 1, 2, 3]] * 2), torch.tensor([0, 2]))
+    assert log_p[0] == log_p[1]

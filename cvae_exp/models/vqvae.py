@@ -178,7 +178,8 @@ class VQVAE(CVAE):
         self.num_codes, self.code_dim = latent_dim // code_dim, code_dim
         self.quantizer = VectorQuantizer(codebook_size, code_dim)
         spec = dict(num_classes=num_classes, condition_shape=self.condition_shape)
-        self.code_prior = code_prior(self.num_codes, codebook_size, Conditioning(**spec))
+        unconditional = {} if self.is_conditional else {"conditional": False}  # conditioning=none: p(codes) alone
+        self.code_prior = code_prior(self.num_codes, codebook_size, Conditioning(**spec), **unconditional)
 
     def _quantize(self, x: torch.Tensor, condition: torch.Tensor):
         z_e = self.encoder(x, condition)[0]
