@@ -83,9 +83,15 @@ def collect(sweep_dirs: list[Path]) -> list[dict[str, Any]]:
     for sweep_dir in sweep_dirs:
         jobs = sorted((path.parent for path in sweep_dir.glob("*/.hydra")), key=_job_order)
         if not jobs:
+            one_run = (
+                f"; {str(sweep_dir)!r} is one run: pass the directory that holds it and its neighbours, "
+                f"{str(sweep_dir.parent)!r}"
+                if (sweep_dir / ".hydra").is_dir()
+                else ""
+            )
             raise UserInputError(
                 f"No runs found in {str(sweep_dir)!r}: expected job directories with a .hydra/ folder, as a Hydra "
-                "multirun writes them (e.g. outputs/multiruns/<time>)."
+                f"multirun writes them (e.g. outputs/multiruns/<time>){one_run}."
             )
         named = len(sweep_dirs) > 1
         rows += [_row(job) | ({"run": f"{sweep_dir.name}/{job.name}"} if named else {}) for job in jobs]

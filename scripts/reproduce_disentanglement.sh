@@ -10,7 +10,9 @@
 #   e.g. scripts/reproduce_disentanglement.sh trainer=gpu trainer.max_epochs=30
 #
 # Writes outputs/disentanglement/<time>/{beta_vae,beta_tcvae,factorvae}/{0,1,2}/ and table.md,
-# table_seeds.md (and .csv, .png) in outputs/disentanglement/<time>.
+# table_seeds.md (and .csv, .png) in outputs/disentanglement/<time> (SWEEP_DIR=<dir> picks
+# another place). A smoke test in minutes: add trainer.max_epochs=1 ++trainer.limit_train_batches=5
+# data.source.orientations=4 data.source.positions=8 data.source.test_size=200 data.val_size=200.
 set -euo pipefail
 out="${SWEEP_DIR:-outputs/disentanglement/$(date +%Y-%m-%d_%H-%M-%S)}"
 start=$(date +%s)

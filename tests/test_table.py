@@ -146,17 +146,20 @@ def test_a_damaged_metrics_file_gets_its_row_and_a_warning_naming_it(tmp_path, c
     assert str(damaged) in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("setup", ["absent", "empty", "file"])
+@pytest.mark.parametrize("setup", ["absent", "empty", "file", "one run"])
 def test_table_refuses_a_directory_without_runs(tmp_path, capsys, setup):
     sweep = tmp_path / "sweep"
     if setup == "empty":
         sweep.mkdir()
+    if setup == "one run":
+        (sweep / ".hydra").mkdir(parents=True)
     if setup == "file":
         sweep.write_text("not a sweep")
     with pytest.raises(SystemExit) as exit_info:
         main([str(sweep)])
     assert exit_info.value.code == 2
-    assert str(sweep) in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert str(sweep) in error and ("is one run: pass the directory that holds it" in error) == (setup == "one run")
     assert sorted(tmp_path.iterdir()) == ([sweep] if setup != "absent" else [])
 
 
