@@ -409,3 +409,14 @@ def test_one_process_of_a_run_writes_its_records(monkeypatch, environment, first
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     assert first_process() is first
+
+
+def test_a_callback_set_to_null_is_left_out(compose_train):
+    """callbacks.images=null, as Hydra users drop one callback of a group."""
+    from cvae_exp.callbacks import ImageLogger
+    from cvae_exp.run import build
+
+    cfg = compose_train(["debug=fast", "callbacks.images=null"])
+    _, _, trainer = build(cfg)
+    assert not any(isinstance(callback, ImageLogger) for callback in trainer.callbacks)
+    assert any(isinstance(callback, ModelCheckpoint) for callback in trainer.callbacks)
