@@ -29,6 +29,7 @@ FAST = [
     "model.decoder.hidden_dims=[32]",
     "callbacks.progress_bar.refresh_rate=0",
     "eval.samples_per_class=20",
+    "eval.classifier_metrics=false",  # the checkpoint cases need no classifier
 ]
 
 
@@ -255,6 +256,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
     )
 
 
+@pytest.mark.slow  # trains and resumes or sweeps real runs: over 10 s; .ci/run runs the slow tests
 def test_resume_keeps_the_history_of_the_run(tmp_path, trained_run):
     """Longer training in the same dir: the original overrides stay, the config holds the
     new max_epochs, each resume is recorded, and the training time adds up."""
@@ -278,6 +280,7 @@ def test_resume_keeps_the_history_of_the_run(tmp_path, trained_run):
     assert metrics["best_checkpoint"].startswith("checkpoints/epoch_")
 
 
+@pytest.mark.slow  # trains and resumes or sweeps real runs: over 10 s; .ci/run runs the slow tests
 def test_a_copied_run_resumes_in_its_own_checkpoints(tmp_path, trained_run):
     """The checkpoint callback's record of best and last follows the copy: last.ckpt is
     replaced (no last-v1.ckpt), and resuming again to the same epochs is refused."""

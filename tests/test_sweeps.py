@@ -38,6 +38,7 @@ def test_joblib_multirun_of_two_seeds_gives_a_table_with_a_seed_column(tmp_path)
     assert "seed" in (sweep / "table.md").read_text().splitlines()[0]
 
 
+@pytest.mark.slow  # trains and resumes or sweeps real runs: over 10 s; .ci/run runs the slow tests
 def test_optuna_search_maximises_the_returned_validation_metric(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli(

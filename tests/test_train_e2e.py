@@ -26,6 +26,7 @@ FAST = [
 ]
 
 
+@pytest.mark.slow  # trains and resumes or sweeps real runs: over 10 s; .ci/run runs the slow tests
 def test_two_epochs_write_checkpoints_events_and_metrics_then_resume(tmp_path):
     run = tmp_path / "run"
     result = run_cli(*FAST, "trainer.max_epochs=2", f"hydra.run.dir={run}", cwd=tmp_path)
@@ -100,6 +101,7 @@ def test_two_epochs_write_checkpoints_events_and_metrics_then_resume(tmp_path):
     assert after["global_step"] == before["global_step"] * 3 // 2
 
 
+@pytest.mark.slow  # trains and resumes or sweeps real runs: over 10 s; .ci/run runs the slow tests
 def test_multirun_with_the_default_sweep_dir_runs_each_job_in_its_own_dir(tmp_path):
     """As README runs it: no hydra.sweep.dir given."""
     result = run_cli("-m", *FAST, "debug=fast", "model.latent_dim=2,4", cwd=tmp_path)
@@ -114,6 +116,7 @@ def test_multirun_with_the_default_sweep_dir_runs_each_job_in_its_own_dir(tmp_pa
     assert table.splitlines()[0].startswith("| run | epochs | latent_dim | lr | ssim") and "| debug |" in table
 
 
+@pytest.mark.slow  # trains and resumes or sweeps real runs: over 10 s; .ci/run runs the slow tests
 def test_without_logger_or_callbacks_a_run_completes_and_writes_no_stray_checkpoint(tmp_path):
     """logger=none drops the learning-rate monitor; callbacks=none writes no checkpoint at all."""
     result = run_cli("-m", *FAST[:3], "debug=fast", "logger=none,tensorboard", "callbacks=none,default", cwd=tmp_path)
@@ -158,6 +161,7 @@ def test_the_final_evaluation_keeps_bf16_autocast_on_a_cpu():
     assert isinstance(evaluator.precision_plugin, MixedPrecision) and evaluator.precision_plugin.device == "cpu"
 
 
+@pytest.mark.slow  # trains and resumes or sweeps real runs: over 10 s; .ci/run runs the slow tests
 def test_every_task_and_prior_trains_tests_and_tabulates(tmp_path):
     """A sweep over the tasks and priors through the real CLI: image-conditioned tasks
     report test/nll, test/neg_elbo and test/mse over their target pixels (no lab Score),
