@@ -304,31 +304,8 @@ def continue_run(config: DictConfig) -> tuple[dict, list[str]]:
     saved = OmegaConf.load(saved_config)
     overrides = [override for override in config.hydra.overrides.task if not override.startswith("resume=")]
     for override in OverridesParser.create().parse_overrides(overrides):
-        key = override.key_or_group
-        if key in saved and isinstance(saved[key], DictConfig):
-            raise UserInputError(
-                f"Cannot change the config group {key}={override.value()} of a resumed run: "
-                f"resume={config.resume!r} continues that run with its own config; only values "
-                f"such as trainer.max_epochs=N may be overridden. Start a new run with its overrides "
-                f"and the new choice: {_new_run(run_dir, overrides)}."
-            )
-        top = key.split(".")[0]
-        if top in RUN_DEFINING and key != "data.root" and OmegaConf.select(saved, key) != override.value():
-            checkpoint = f"ckpt_path={config.resume.rstrip('/')}/checkpoints/last.ckpt"
-            how = {  # ckpt_path brings the run's weights, optimizer, scheduler and random states; a new loss applies
-                "loss": f" {checkpoint} (which starts it from that run's weights)",
-                "optim": f" ({checkpoint} would restore that run's optimizer state over it)",
-                "scheduler": f" ({checkpoint} would restore that run's scheduler state over it)",
-                "seed": f" ({checkpoint} would restore that run's random states over it)",
-            }.get(top, "")  # another network or data: that run's checkpoint cannot start it
-            raise UserInputError(
-                f"Cannot change {key} (to {override.value()!r}, saved {OmegaConf.select(saved, key)!r}) of a "
-                "resumed run: "
-                f"resume={config.resume!r} trains on the checkpoint of that run, whose "
-                f"{', '.join(RUN_DEFINING)} are fixed; "
-                f"start a new run with its overrides and the new value: {_new_run(run_dir, overrides)}{how}."
-            )
-        OmegaConf.update(saved, key, override.value(), force_add=True)
+        refuse_change(config.resume, saved, override, overrides)
+        OmegaConf.update(saved, override.key_or_group, override.value(), force_add=True)
     done = _epochs_in(last, run_dir)
     max_epochs = saved.trainer.max_epochs
     metrics_file = run_dir / "metrics.json"
@@ -348,6 +325,55 @@ def continue_run(config: DictConfig) -> tuple[dict, list[str]]:
     config.hydra.output_subdir = None
     config.hydra.runtime.choices = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.runtime.choices
     return new_config, overrides
+
+
+def refuse_change(resume: str, saved: DictConfig, override, overrides: list[str]) -> None:
+    """Refuse an override of what defines the resumed run (`saved`, its config): a config group,
+    or a value of RUN_DEFINING (data.root may move); the message gives the new run's command."""
+    run_dir = Path(resume).resolve()
+    key = override.key_or_group
+    if key in saved and isinstance(saved[key], DictConfig):
+        raise UserInputError(
+            f"Cannot change the config group {key}={override.value()} of a resumed run: "
+            f"resume={resume!r} continues that run with its own config; only values "
+            f"such as trainer.max_epochs=N may be overridden. Start a new run with its overrides "
+            f"and the new choice: {_new_run(run_dir, overrides)}."
+        )
+    top = key.split(".")[0]
+    if top in RUN_DEFINING and key != "data.root" and OmegaConf.select(saved, key) != override.value():
+        checkpoint = f"ckpt_path={resume.rstrip('/')}/checkpoints/last.ckpt"
+        how = {  # ckpt_path brings the run's weights, optimizer, scheduler and random states; a new loss applies
+            "loss": f" {checkpoint} (which starts it from that run's weights)",
+            "optim": f" ({checkpoint} would restore that run's optimizer state over it)",
+            "scheduler": f" ({checkpoint} would restore that run's scheduler state over it)",
+            "seed": f" ({checkpoint} would restore that run's random states over it)",
+        }.get(top, "")  # another network or data: that run's checkpoint cannot start it
+        raise UserInputError(
+            f"Cannot change {key} (to {override.value()!r}, saved {OmegaConf.select(saved, key)!r}) of a "
+            "resumed run: "
+            f"resume={resume!r} trains on the checkpoint of that run, whose "
+            f"{', '.join(RUN_DEFINING)} are fixed; "
+            f"start a new run with its overrides and the new value: {_new_run(run_dir, overrides)}{how}."
+        )
+
+
+def refuse_resume_changes(arguments: list[str]) -> None:
+    """The checks of `refuse_change` on the command line, before it is composed: a key of the
+    resumed run's own model (model.codebook_size of a VQ-VAE) is not in the default config the
+    line composes with, and Hydra would call it unknown."""
+    resumes = [argument.partition("=")[2] for argument in arguments if argument.startswith("resume=")]
+    saved_config = Path(resumes[-1]).expanduser() / ".hydra" / "config.yaml" if resumes else None
+    if saved_config is None or not saved_config.is_file() or {"-m", "--multirun"} & set(arguments):
+        return  # not a run's resume (a sweep's, a multirun that Preflight refuses, a directory continue_run refuses)
+    overrides = [a for a in arguments if not a.startswith(("resume=", "-")) and "=" in a]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException:
+        return  # bad syntax: the composition says so
+    saved = OmegaConf.load(saved_config)
+    for override in parsed:
+        if not override.key_or_group.startswith("hydra") and not override.is_sweep_override():
+            refuse_change(resumes[-1], saved, override, overrides)
 
 
 def _new_run(run_dir: Path, overrides: list[str]) -> str:

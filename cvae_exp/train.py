@@ -30,7 +30,7 @@ from cvae_exp.compose import (
 )
 from cvae_exp.errors import RunInterrupted, TrainingDiverged, UserInputError, report_and_exit
 from cvae_exp.files import first_process, hold, write_json
-from cvae_exp.preflight import display_path, read_resumes
+from cvae_exp.preflight import display_path, read_resumes, refuse_resume_changes
 from cvae_exp.resume import resumed_sweep_arguments
 from cvae_exp.summary import run_summary
 
@@ -204,6 +204,7 @@ def run_console_script() -> None:
     try:
         sys.argv[1:] = resumed_sweep_arguments(sys.argv[1:])
         source, sys.argv[1:] = config_flags(sys.argv[1:])
+        refuse_resume_changes(sys.argv[1:])  # before the composition, which knows only the default model's keys
         cfg = compose_train(fixed_overrides(sys.argv[1:]), output_dir=".", source=source)
         if "--cfg" in sys.argv or "-c" in sys.argv:
             validate(cfg, devices_here=False)

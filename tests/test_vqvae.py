@@ -206,8 +206,8 @@ def test_grids_between_or_around_codes_are_refused_and_the_code_samples_drawn(mo
     assert all(any(torch.equal(vector, code) for code in codebook) for vector in z.view(-1, 2))
 
 
-@pytest.mark.slow  # trains a short VQ-VAE run, then refuses two commands on it: 30 s
-def test_cvae_eval_and_cvae_sample_refuse_on_a_vqvae_run_what_it_cannot_do(tmp_path):
+@pytest.mark.slow  # trains a short VQ-VAE run, then refuses three commands on it: 30 s
+def test_cvae_eval_sample_and_resume_refuse_on_a_vqvae_run_what_it_cannot_do(tmp_path):
     run = tmp_path / "run"
     trained = run_cli("model=vqvae", "loss=vqvae", "debug=fast", f"hydra.run.dir={run}", cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr[-3000:]
@@ -216,6 +216,9 @@ def test_cvae_eval_and_cvae_sample_refuse_on_a_vqvae_run_what_it_cannot_do(tmp_p
     assert_refused(nll, "eval", "--nll-samples 10", "point mass", "test/neg_elbo")
     interpolated = run_cli(str(run), "mode=interpolate", cwd=tmp_path, tool="sample")
     assert_refused(interpolated, "sample", "model=vqvae cannot draw an interpolation", "mode=grid")
+    resumed = run_cli(f"resume={run}", "trainer.max_epochs=2", "model.codebook_size=64", cwd=tmp_path)
+    advice = "cvae-train model=vqvae loss=vqvae debug=fast trainer.max_epochs=2 model.codebook_size=64."
+    assert_refused(resumed, "train", "Cannot change model.codebook_size (to 64, saved 128)", advice)
     assert sorted(path.relative_to(run) for path in run.rglob("*")) == before
 
 
