@@ -35,6 +35,7 @@ from cvae_exp.checks import build_data, check_sweep, check_values, epochs_done, 
 from cvae_exp.compose import composition_error
 from cvae_exp.errors import UserInputError, report_and_exit
 from cvae_exp.files import first_process, held_elsewhere, hold
+from cvae_exp.resume import override_key
 
 RESUMES_FILE = Path(".hydra") / "resumes.yaml"
 # What a resumed run cannot change: the model, what it is trained on and how (data.root may move)
@@ -383,12 +384,8 @@ def _new_run(run_dir: Path, overrides: list[str]) -> str:
         saved = [str(item) for item in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
     except (OSError, ValueError):  # a run without its overrides file: the new overrides alone
         saved = []
-
-    def key(override: str) -> str:
-        return override.partition("=")[0].lstrip("+~")
-
-    changed = {key(item) for item in overrides}
-    return shlex.join(["cvae-train", *(item for item in saved if key(item) not in changed), *overrides])
+    changed = {override_key(item) for item in overrides}
+    return shlex.join(["cvae-train", *(item for item in saved if override_key(item) not in changed), *overrides])
 
 
 def _epochs_in(last: Path, run_dir: Path) -> int:

@@ -46,11 +46,11 @@ def resumed_sweep_arguments(arguments: list[str]) -> list[str]:
             "again) may be given. Start a new sweep for other values."
         )
     recorded = OmegaConf.load(sweep_dir / "multirun.yaml").hydra
-    given = {_key(argument) for argument in others}  # a launcher setting given here replaces the recorded one
+    given = {override_key(argument) for argument in others}  # a launcher setting given here replaces the recorded one
     hydra_overrides = [
         override
         for override in recorded.overrides.hydra
-        if not override.startswith(SET_HERE) and _key(override) not in given
+        if not override.startswith(SET_HERE) and override_key(override) not in given
     ]
     return [
         "-m",
@@ -75,5 +75,6 @@ def source_flags(recorded) -> list[str]:
     return flags
 
 
-def _key(override: str) -> str:
+def override_key(override: str) -> str:
+    """The key an override sets (`+a.b=1`, `~a.b`: a.b), as text, without parsing it."""
     return override.split("=")[0].lstrip("+~")

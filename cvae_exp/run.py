@@ -37,10 +37,8 @@ def build(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> tuple[Tens
     datamodule = instantiate(cfg.data)
     module = build_module(cfg)
     loggers = [instantiate(logger) for logger in (cfg.logger or {}).values()]
-    chosen = (cfg.callbacks or {}).values()
-    callbacks = [
-        instantiate(callback) for callback in chosen if callback is not None
-    ]  # callbacks.<name>=null drops one
+    # callbacks.<name>=null drops one callback of the group
+    callbacks = [instantiate(callback) for callback in (cfg.callbacks or {}).values() if callback is not None]
     timer = Timer(duration=cfg.trainer.get("max_time"))  # Lightning ignores trainer.max_time beside a Timer of ours
     checkpointing = any(isinstance(callback, ModelCheckpoint) for callback in callbacks)
     interruption = Interruption(str(Path(cfg.paths.output_dir) / "checkpoints") if checkpointing else None)
