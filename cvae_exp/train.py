@@ -204,6 +204,7 @@ def run_console_script() -> None:
     try:
         sys.argv[1:] = resumed_sweep_arguments(sys.argv[1:])
         source, sys.argv[1:] = config_flags(sys.argv[1:])
+        sys.argv[1:] = sweeps_outside_multirun(sys.argv[1:])
         refuse_resume_changes(sys.argv[1:])  # before the composition, which knows only the default model's keys
         cfg = compose_train(fixed_overrides(sys.argv[1:]), output_dir=".", source=source)
         if "--cfg" in sys.argv or "-c" in sys.argv:
@@ -273,6 +274,24 @@ def exit_without_teardown() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def sweeps_outside_multirun(arguments: list[str]) -> list[str]:
+    """A sweep (key=a,b) needs -m, and Hydra's refusal without it is a page that exits 1:
+    refuse it in one paragraph instead. --help shows the config without the sweep's values,
+    which Hydra's help (composed as a single run) would otherwise end in a traceback over."""
+    sweeps = [argument for argument in arguments if not argument.startswith("-") and is_sweep(argument)]
+    if not sweeps:
+        return arguments
+    if {"--help", "-h", "--hydra-help"} & set(arguments):
+        return [argument for argument in arguments if argument not in sweeps]
+    if not {"-m", "--multirun"} & set(arguments) and "hydra.mode=MULTIRUN" not in arguments:
+        raise UserInputError(
+            f"{sweeps[0]} is a sweep over several values, which runs only with -m (--multirun): "
+            f"cvae-train -m {' '.join(arguments)} runs one job for each value. For a list as one value, "
+            "write key=[a,b]; for a string that holds a comma, quote it: key='a,b'."
+        )
+    return arguments
 
 
 def fixed_overrides(arguments: list[str]) -> list[str]:

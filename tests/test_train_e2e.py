@@ -136,6 +136,26 @@ def test_help_describes_the_program_and_its_groups(tmp_path):
     assert result.stdout.startswith("cvae-train: train a conditional VAE")
     assert "model: conv, hierarchical, mlp" in result.stdout
     assert "cvae-train -m model.latent_dim=2,8,32 loss.beta=1,4" in result.stdout
+    assert "(schema is not a choice" in result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_help_of_a_sweep_shows_the_help(tmp_path):
+    result = run_cli("-m", "seed=1,2", "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("cvae-train: train a conditional VAE")
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sweep_without_multirun_is_refused_in_one_paragraph(tmp_path):
+    result = run_cli("seed=1,2", "model.latent_dim=4", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "cvae-train: error: seed=1,2 is a sweep over several values, which runs only with -m (--multirun): "
+        "cvae-train -m seed=1,2 model.latent_dim=4 runs one job for each value. For a list as one value, "
+        "write key=[a,b]; for a string that holds a comma, quote it: key='a,b'."
+    )
     assert list(tmp_path.iterdir()) == []
 
 
