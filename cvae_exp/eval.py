@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -60,6 +61,18 @@ def quiet_libraries() -> None:
     )  # a SLURM login node's notice: these tools run on one device, never as a SLURM job's tasks
 
 
+def show_progress() -> None:
+    """The progress of our long steps (fitting a sampler) on stderr, as cvae-train shows it on
+    its console: stdout stays what these tools print for scripts (a result, a file's path)."""
+    progress = logging.getLogger("cvae_exp.samplers")
+    if not progress.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        progress.addHandler(handler)
+        progress.setLevel(logging.INFO)
+        progress.propagate = False
+
+
 def load_module(checkpoint: Path, **eval_overrides):
     """The CVAEModule a checkpoint holds, with eval settings overridden (torch and Lightning
     are imported here, and their notices quietened)."""
@@ -70,6 +83,7 @@ def load_module(checkpoint: Path, **eval_overrides):
 
     import_from_working_directory()  # the run's own `_target_`s (a user's dataset loader) may live there
     quiet_libraries()
+    show_progress()
     try:
         target = torch.load(checkpoint, map_location="cpu", weights_only=False).get("module_target")
         module_class = get_class(target) if target else CVAEModule  # older checkpoints: the CVAEModule

@@ -12,6 +12,8 @@ reloaded while its settings match. A new sampler is one class here, with `fit`, 
 and its name and settings in cvae_exp/schema.py (SAMPLERS, EvalConfig).
 """
 
+import logging
+import time
 from pathlib import Path
 
 import torch
@@ -20,6 +22,8 @@ from torch import nn
 from cvae_exp.errors import UserInputError
 from cvae_exp.files import atomic_path
 from cvae_exp.schema import SAMPLERS
+
+log = logging.getLogger(__name__)  # cvae-train's console and train.log; cvae-eval's and cvae-sample's stderr
 
 
 class GaussianMixtureSampler(nn.Module):
@@ -123,14 +127,17 @@ class FlowSampler(nn.Module):
         generator = torch.Generator().manual_seed(self.settings["seed"])
         optimizer = torch.optim.Adam(self.parameters(), lr=1e-3)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, self.settings["steps"])
+        steps = self.settings["steps"]
         with torch.enable_grad():
-            for _ in range(self.settings["steps"]):
+            for step in range(1, steps + 1):
                 batch = torch.randint(len(codes), (512,), generator=generator)
                 loss = -self.log_prob(codes[batch], labels[batch]).mean()
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
                 schedule.step()
+                if step % max(1, steps // 10) == 0 or step == steps:
+                    log.info(f"sampler flow: step {step}/{steps}, -log p(z | c) {loss.item():.3f}")
 
     def sample(self, labels: torch.Tensor) -> torch.Tensor:
         u = torch.randn(len(labels), len(self.center), device=labels.device)
@@ -195,10 +202,13 @@ def fitted_sampler(module, name: str, checkpoint: Path | None, datamodule) -> nn
                 sampler.load_state_dict(saved["state_dict"])
                 return sampler.to(module.device)
     labels = datamodule.labels("train")
+    start = time.perf_counter()
+    log.info(f"sampler {name}: fitting it to the posterior means of {len(labels)} training images")
     codes = posterior_means(cvae, datamodule.batches("train", 1024))
     sampler.fit(codes.cpu().clone(), labels.clone())  # clones: not inference tensors
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as temporary:
             torch.save({"settings": sampler.settings, "state_dict": sampler.state_dict()}, temporary)
+    log.info(f"sampler {name}: fitted in {time.perf_counter() - start:.0f} s" + (f", saved as {path}" if path else ""))
     return sampler.to(module.device)

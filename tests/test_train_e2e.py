@@ -245,6 +245,7 @@ def test_fitted_samplers_are_saved_reused_and_labelled_with_classifier_metrics(t
         metrics["sampler"] == "gmm"
         and "z from gmm" in result.stdout
         and "samples classified as their class" in result.stdout
+        and "sampler gmm: fitted in" in result.stdout
     )
     assert {"sample_accuracy", "classifier_fid", "sample_precision", "sample_recall", "classifier_accuracy"} <= set(
         metrics["test"]
@@ -260,9 +261,11 @@ def test_fitted_samplers_are_saved_reused_and_labelled_with_classifier_metrics(t
     result = run_cli(str(run), "--sampler", "flow", "--samples-per-class", "20", cwd=tmp_path, tool="eval")
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((run / "eval.json").read_text())["sampler"] == "flow"
+    assert "sampler flow: step 200/200" in result.stderr and "sampler flow: fitted in" in result.stderr
     assert saved.with_name(saved.name.replace("-gmm", "-flow")).is_file()
 
     modified = saved.stat().st_mtime_ns
     result = run_cli(str(run), "sampler=gmm", "out=gmm.png", cwd=tmp_path, tool="sample")
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "gmm.png").is_file() and saved.stat().st_mtime_ns == modified
+    assert result.stdout == "gmm.png\n" and "fitting" not in result.stderr  # reused, not fitted again
