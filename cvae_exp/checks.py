@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cvae_exp.errors import UserInputError
+from cvae_exp.errors import ModelConfigError, UserInputError
 from cvae_exp.schema import (
     ACCELERATORS,
     BINARIZE_CHOICES,
@@ -512,6 +512,11 @@ def _build_model(typed: DictConfig, task):
     try:
         return build_cvae(typed.model, typed.conditioning, typed.prior, task, typed.data)
     except Exception as error:  # any constructor error is a config error here
+        if isinstance(error.__cause__ or error, ModelConfigError):  # it names its key and what is allowed
+            raise UserInputError(
+                f"Invalid config for data {typed.data.name} with image shape {list(typed.data.image_shape)}: "
+                f"{_constructor_error(error)}"
+            ) from None
         raise UserInputError(
             f"The model config cannot be built for data {typed.data.name} with image shape "
             f"{list(typed.data.image_shape)}: {_constructor_error(error)} Change "

@@ -10,6 +10,11 @@ class UserInputError(Exception):
     which value and what is allowed, in one paragraph."""
 
 
+class ModelConfigError(ValueError):
+    """A model's, network's or prior's own check of its arguments: the message names the key
+    and what is allowed, so the config check reports it as it is, with no advice of its own."""
+
+
 class TrainingDiverged(Exception):
     """The loss became non-finite; the message names the step and the likely cause."""
 

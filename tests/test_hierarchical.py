@@ -126,8 +126,12 @@ def test_the_module_trains_a_hierarchical_vae_and_estimates_its_likelihood(tmp_p
         (["model=hierarchical", "loss=beta_tcvae"], "loss=beta_tcvae treats z as one Gaussian layer"),
         (["model=hierarchical", "loss=factorvae"], "loss=factorvae treats z as one Gaussian layer"),
         (["model=hierarchical", "loss=infovae"], "loss=infovae treats z as one Gaussian layer"),
-        (["model=hierarchical", "prior=vamp"], "VampPrior does not apply there"),
-        (["model=hierarchical", "prior=none"], "NoLatent does not apply there"),
+        (
+            ["model=hierarchical", "prior=vamp"],
+            "[1, 28, 28]: model=hierarchical puts the prior on its top layer z2; prior=vamp does not apply there "
+            "(prior=standard, conditional or mixture).",
+        ),
+        (["model=hierarchical", "prior=none"], "prior=none does not apply there"),
         (["model=hierarchical", "model.top_dim=0"], "model.top_dim=0"),
     ],
 )

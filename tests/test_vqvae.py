@@ -169,7 +169,11 @@ def test_the_module_trains_and_tests_a_vqvae(tmp_path):
         (["model=vqvae"], "loss=vqvae"),  # the ELBO's Gaussian latent
         (["model=vqvae", "loss=iwae"], "loss=vqvae"),
         (["loss=vqvae"], "model=vqvae"),
-        (["model=vqvae", "loss=vqvae", "prior=conditional"], "prior=standard"),
+        (
+            ["model=vqvae", "loss=vqvae", "prior=conditional"],
+            "takes prior=standard, the default, not prior=conditional.",
+        ),
+        (["model=vqvae", "loss=vqvae", "model.code_prior.hidden=0"], "[1, 28, 28]: model.code_prior.hidden=0 must"),
         (["model=vqvae", "loss=vqvae", "eval.nll_samples=10"], "eval.nll_samples=10"),
         (["model=vqvae", "loss=vqvae", "eval.sampler=gmm"], "model=vqvae"),
         (["model=vqvae", "loss=vqvae", "loss.commitment=-1"], "loss.commitment=-1"),

@@ -8,21 +8,22 @@ stride 2, padding 1, so any image whose sides divide by 2**len(channels) works
 import torch
 from torch import nn
 
+from cvae_exp.errors import ModelConfigError
 from cvae_exp.models.conditioning import ConditionedLayers, Conditioning
 
 
 def bottleneck_size(image_shape, num_layers: int) -> tuple[int, int]:
-    """Spatial size after `num_layers` halvings; ValueError if a side does not divide."""
+    """Spatial size after `num_layers` halvings; ModelConfigError if a side does not divide."""
     _, height, width = image_shape
     factor = 2**num_layers
     if num_layers < 1:
-        raise ValueError(
+        raise ModelConfigError(
             f"a conv network needs at least one layer, and this one has {num_layers}: give model.encoder.channels "
             f"and model.decoder.channels at least one entry each, or use model=mlp"
         )
     if height % factor or width % factor:
         most = next(n for n in range(num_layers, -1, -1) if height % 2**n == 0 and width % 2**n == 0)
-        raise ValueError(
+        raise ModelConfigError(
             f"a conv network with {num_layers} layers needs image sides divisible by 2**{num_layers} = {factor} "
             f"({height} x {width} allows at most {most}): use at most {most} entries in model.encoder.channels "
             f"and model.decoder.channels, or model=mlp"

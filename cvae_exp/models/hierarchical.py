@@ -22,9 +22,10 @@ import torch
 from torch import nn
 
 from cvae_exp.distributions import gaussian_kl_between, gaussian_log_prob
+from cvae_exp.errors import ModelConfigError
 from cvae_exp.models.conditioning import Conditioning
 from cvae_exp.models.cvae import CVAE, CVAEOutput, reparameterize
-from cvae_exp.models.priors import NoLatent, StandardPrior, VampPrior
+from cvae_exp.models.priors import NoLatent, StandardPrior, VampPrior, prior_option
 
 
 def precision_weighted(
@@ -99,12 +100,12 @@ class HierarchicalVAE(CVAE):
     ):
         kind = getattr(prior, "func", prior)
         if kind in (NoLatent, VampPrior):
-            raise ValueError(
-                f"model=hierarchical puts the prior on its top layer z2; {kind.__name__} does not apply there "
+            raise ModelConfigError(
+                f"model=hierarchical puts the prior on its top layer z2; {prior_option(kind)} does not apply there "
                 "(prior=standard, conditional or mixture)"
             )
         if top_dim < 1:
-            raise ValueError(f"model.top_dim={top_dim!r} must be an integer >= 1 (the size of the top layer z2)")
+            raise ModelConfigError(f"model.top_dim={top_dim!r} must be an integer >= 1 (the size of the top layer z2)")
         super().__init__(encoder, decoder, conditioning, latent_dim, image_shape, num_classes, condition_shape)
         spec = dict(num_classes=num_classes, condition_shape=self.condition_shape)
         self.prior = prior(top_dim, Conditioning(**spec))

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from cvae_exp.distributions import diagonal_mixture_log_prob, gaussian_kl, gaussian_kl_between, gaussian_log_prob
+from cvae_exp.errors import ModelConfigError
 from cvae_exp.models.conditioning import Conditioning
 
 
@@ -78,7 +79,9 @@ class MixturePrior(StandardPrior):
         super().__init__(latent_dim, conditioning)
         components = conditioning.num_classes if num_components is None else num_components
         if components < 1:
-            raise ValueError(f"prior.num_components={num_components!r} must be an integer >= 1 (null: one per class)")
+            raise ModelConfigError(
+                f"prior.num_components={num_components!r} must be an integer >= 1 (null: one per class)"
+            )
         self.means = nn.Parameter(torch.randn(components, latent_dim))
         self.logvars = nn.Parameter(torch.zeros(components, latent_dim))
         self.weight_logits = nn.Parameter(torch.zeros(components))
@@ -105,7 +108,7 @@ class VampPrior(StandardPrior):
     def __init__(self, latent_dim: int, conditioning: Conditioning, num_pseudo_inputs: int = 500):
         super().__init__(latent_dim, conditioning)
         if num_pseudo_inputs < 1:
-            raise ValueError(f"prior.num_pseudo_inputs={num_pseudo_inputs!r} must be an integer >= 1")
+            raise ModelConfigError(f"prior.num_pseudo_inputs={num_pseudo_inputs!r} must be an integer >= 1")
         self.num_pseudo_inputs = num_pseudo_inputs
 
     def attach(self, encoder, image_shape):
@@ -158,3 +161,11 @@ class NoLatent(StandardPrior):
 
     def sample(self, condition):
         return torch.zeros(len(condition), self.latent_dim, device=condition.device)
+
+
+def prior_option(kind: type) -> str:
+    """How a command line names a prior class: prior=<its file in configs/prior/> for ours, its
+    class path for one of the user's own."""
+    ours = {StandardPrior: "standard", ConditionalPrior: "conditional", MixturePrior: "mixture", VampPrior: "vamp"}
+    ours[NoLatent] = "none"
+    return f"prior={ours[kind]}" if kind in ours else f"{kind.__module__}.{kind.__qualname__}"

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cvae_exp.errors import ModelConfigError
 from cvae_exp.models.conditioning import ConditionedLayers, Conditioning
 from cvae_exp.models.conv import bottleneck_size
 
@@ -61,7 +62,7 @@ def _stages(widths: list[int], blocks: int, resample: str, groups: int) -> list[
 
 def _check_blocks(blocks: int, network: str) -> None:
     if blocks < 1:
-        raise ValueError(
+        raise ModelConfigError(
             f"a resnet stage needs at least one residual block (it resamples in its first), and "
             f"model.{network}.blocks is {blocks}: give it 1 or more"
         )

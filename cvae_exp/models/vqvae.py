@@ -18,9 +18,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cvae_exp.errors import ModelConfigError
 from cvae_exp.models.conditioning import Conditioning
 from cvae_exp.models.cvae import CVAE, CVAEOutput
-from cvae_exp.models.priors import StandardPrior
+from cvae_exp.models.priors import StandardPrior, prior_option
 
 # Why a VQ-VAE has no importance-sampled -log p (cvae-train's eval.nll_samples, cvae-eval's --nll-samples)
 NO_POSTERIOR_DENSITY = (
@@ -95,6 +96,8 @@ class CodePrior(nn.Module):
         conditional: bool = True,
     ):
         super().__init__()
+        if hidden < 1:
+            raise ModelConfigError(f"model.code_prior.hidden={hidden!r} must be an integer >= 1 (the prior's width)")
         self.num_codes, self.codebook_size, self.conditioning = num_codes, codebook_size, conditioning
         self.embed = nn.Embedding(codebook_size + 1, hidden)  # the last one starts each sequence
         self.position = nn.Parameter(torch.zeros(num_codes, hidden))
@@ -163,13 +166,12 @@ class VQVAE(CVAE):
         code_prior: Callable[..., CodePrior] = CodePrior,
     ):
         if getattr(prior, "func", prior) is not StandardPrior:
-            name = getattr(getattr(prior, "func", prior), "__name__", prior)
-            raise ValueError(
+            raise ModelConfigError(
                 f"model=vqvae has its own prior over its codes (model.code_prior), so it takes prior=standard, "
-                f"the default, not {name}"
+                f"the default, not {prior_option(getattr(prior, 'func', prior))}"
             )
         if codebook_size < 2 or code_dim < 1 or latent_dim % code_dim:
-            raise ValueError(
+            raise ModelConfigError(
                 f"model=vqvae needs model.codebook_size >= 2 (it is {codebook_size}) and model.latent_dim a multiple "
                 f"of model.code_dim >= 1 (they are {latent_dim} and {code_dim}): the latent is latent_dim / code_dim "
                 "codes"
