@@ -106,7 +106,8 @@ def latent_interpolation(cvae: CVAE, labels: torch.Tensor, steps: int, sampler=N
 @_inference
 def traversal(cvae: CVAE, labels: torch.Tensor, dim: int, span: float = 3.0, steps: int = 11) -> torch.Tensor:
     """Row i: class labels[i] decoded from z = 0 with coordinate `dim` swept over
-    [-span, span]: what that one latent coordinate controls."""
+    [-span, span]: what that one latent coordinate controls (a hierarchical model's z1 follows
+    its z2 through `traversal_latent`)."""
     labels = checked_labels(cvae, labels)
     _check_at_least("steps", steps, 2)
     _require_continuous(cvae, "a traversal")
@@ -117,7 +118,8 @@ def traversal(cvae: CVAE, labels: torch.Tensor, dim: int, span: float = 3.0, ste
         )
     z = torch.zeros(len(labels) * steps, cvae.latent_dim, device=labels.device)
     z[:, dim] = torch.linspace(-span, span, steps, device=labels.device).repeat(len(labels))
-    return _grid(cvae.decode(z, labels.repeat_interleave(steps)), columns=steps)
+    labels = labels.repeat_interleave(steps)
+    return _grid(cvae.decode(cvae.traversal_latent(z, labels, dim), labels), columns=steps)
 
 
 def _require_continuous(cvae: CVAE, grid: str) -> None:

@@ -161,3 +161,26 @@ def test_a_latent_interpolation_runs_between_draws_of_both_layers():
     grid = visualize.latent_interpolation(model, torch.tensor([0, 1]), steps=4)
     assert grid.shape == (3, 2 * 4 + 3 * 2, 4 * 4 + 5 * 2)  # 2 rows and 4 columns of 4x4 images, padding 2
     assert not standard_normal_latent(model)  # p(z1 | z2, c): one z is no draw under every label
+
+
+def test_a_traversal_of_either_layer_moves_what_the_decoder_reads():
+    """The decoder reads z1: sweeping a z2 coordinate moves z1 = the mean of p(z1 | z2, c), and
+    sweeping a z1 coordinate sets it there, over that mean at z2 = 0."""
+    model = hierarchical().eval()
+    labels = torch.tensor([0, 0, 0])
+    z = torch.zeros(3, 5)
+    z[:, 3] = torch.tensor([-2.0, 0.0, 2.0])  # a coordinate of z2 (z1 has 3)
+    with torch.no_grad():
+        filled = model.traversal_latent(z, labels, dim=3)
+        expected = model.top_down(z[:, 3:], labels)[0]
+        assert torch.equal(filled[:, 3:], z[:, 3:]) and torch.allclose(filled[:, :3], expected)
+        assert not torch.allclose(filled[0, :3], filled[2, :3])
+        bottom = torch.zeros(3, 5)
+        bottom[:, 1] = torch.tensor([-2.0, 0.0, 2.0])
+        at_zero = model.top_down(torch.zeros(3, 2), labels)[0]
+        filled = model.traversal_latent(bottom, labels, dim=1)
+        assert torch.equal(filled[:, 1], bottom[:, 1]) and torch.allclose(filled[:, [0, 2]], at_zero[:, [0, 2]])
+    from cvae_exp import visualize
+
+    swept, still = (visualize.traversal(model, torch.tensor([0]), dim=3, span=span, steps=3) for span in (2.0, 0.0))
+    assert not torch.allclose(swept, still)

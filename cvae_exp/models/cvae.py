@@ -4,8 +4,8 @@ Its methods are the model protocol that the objective, the evaluation, the sampl
 grids and cvae-sample use (docs/extending.md): `forward(x, c)` -> CVAEOutput (what the
 objective needs: decoder logits and the KL term), `encode(x, c)` -> the posterior
 q(z | x, c) (`.mean`, `.rsample(k)`, `.log_prob(z)`), `decode(z, c)` -> pixel means,
-`decode_logits(z, c)`, `log_prior(z, c)`, `sample_latent(c)` -> z ~ p(z | c), `sample(c, n)`
-and `reconstruct(x, c)`; the
+`decode_logits(z, c)`, `log_prior(z, c)`, `sample_latent(c)` -> z ~ p(z | c),
+`traversal_latent(z, c, dim)`, `sample(c, n)` and `reconstruct(x, c)`; the
 attributes `latent_dim`, `image_shape`, `num_classes`, `has_latent`, `condition_kind`,
 `labels_condition` and `is_conditional` say what the model is, so that a consumer that needs a Gaussian
 latent or class labels can refuse with one line; a model whose latent is quantised (the VQ-VAE,
@@ -147,6 +147,11 @@ class CVAE(nn.Module):
     def sample_latent(self, condition: torch.Tensor) -> torch.Tensor:
         """z ~ p(z | c), one row per condition: the model's whole latent, as `decode` reads it."""
         return self.prior.sample(condition)
+
+    def traversal_latent(self, z: torch.Tensor, condition: torch.Tensor, dim: int) -> torch.Tensor:
+        """The whole latent that a traversal decodes, given z = 0 with coordinate `dim` swept: z
+        itself for one layer of z; a model whose layers depend on each other fills in the rest."""
+        return z
 
     @torch.no_grad()
     def sample(self, condition: torch.Tensor, n: int = 1, sampler: nn.Module | None = None) -> torch.Tensor:

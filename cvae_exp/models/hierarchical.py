@@ -153,6 +153,15 @@ class HierarchicalVAE(CVAE):
         z1, z2 = self.split(z)
         return self.prior.log_prob(z2, condition) + gaussian_log_prob(z1, *self.top_down(z2, condition))
 
+    def traversal_latent(self, z: torch.Tensor, condition: torch.Tensor, dim: int) -> torch.Tensor:
+        """The decoder reads z1 alone, so z1 is the mean of p(z1 | z2, c) at the traversal's z2:
+        a coordinate of z2 moves it through the top-down path, one of z1 replaces its mean there."""
+        z1, z2 = self.split(z)
+        mean = self.top_down(z2, condition)[0].to(z.dtype)
+        if dim < self.bottom_dim:
+            mean[:, dim] = z1[:, dim]
+        return torch.cat([mean, z2], dim=-1)
+
     def sample_latent(self, condition: torch.Tensor) -> torch.Tensor:
         """z = [z1, z2] ~ p(z1 | z2, c) p(z2 | c), one row per condition."""
         z2 = self.prior.sample(condition)
