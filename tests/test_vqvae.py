@@ -47,6 +47,36 @@ def test_the_straight_through_gradient_passes_the_decoders_gradient_to_the_encod
     assert quantizer.codebook.weight.grad is None  # the decoder's loss does not move the codebook
 
 
+def test_a_code_unused_for_the_set_steps_is_moved_onto_an_encoder_output_and_then_used():
+    """Codes 1..3 sit far from every vector, so code 0 takes all: after 2 steps unused they
+    restart on vectors of the batch, which then choose them; a code in use is never moved."""
+    quantizer = VectorQuantizer(codebook_size=4, code_dim=2, restart_unused_codes=2).train()
+    with torch.no_grad():
+        quantizer.codebook.weight.copy_(torch.tensor([[0.0, 0.0], [50.0, 50.0], [60.0, 60.0], [70.0, 70.0]]))
+    torch.manual_seed(0)
+    z_e = torch.randn(8, 3, 2)
+    _, codes, _, _ = quantizer(z_e)
+    assert codes.eq(0).all() and quantizer.steps_unused.tolist() == [0, 1, 1, 1]
+    _, codes, _, _ = quantizer(z_e)  # the second step unused: codes 1..3 move, and this step uses them
+    moved = quantizer.codebook.weight[1:]
+    assert torch.equal(quantizer.codebook.weight[0], torch.zeros(2))
+    assert all(any(torch.equal(row, vector) for vector in z_e.flatten(0, 1)) for row in moved)
+    nearest = torch.cdist(z_e.flatten(0, 1), quantizer.codebook.weight).argmin(1).view(8, 3)
+    assert torch.equal(codes, nearest) and set(codes.unique().tolist()) > {0}
+    assert quantizer.steps_unused[1:].eq(0).all()
+    quantizer.eval()
+    before = quantizer.codebook.weight.clone()
+    for _ in range(3):
+        quantizer(torch.zeros(2, 3, 2))  # evaluation never restarts
+    assert torch.equal(quantizer.codebook.weight, before)
+
+
+def test_without_restarts_the_quantizer_has_no_counter_and_keeps_its_checkpoint_keys():
+    assert set(VectorQuantizer(4, 2).state_dict()) == {"codebook.weight"}
+    with pytest.raises(Exception, match=r"model.restart_unused_codes=-1 must be an integer >= 0"):
+        vqvae(restart_unused_codes=-1)
+
+
 def test_the_codebook_term_moves_each_used_code_to_its_vectors_mean_and_the_commitment_term_only_the_encoder():
     torch.manual_seed(0)
     quantizer = VectorQuantizer(codebook_size=4, code_dim=2)

@@ -58,12 +58,22 @@ class VQOutput(CVAEOutput):
 
 
 class VectorQuantizer(nn.Module):
-    """Nearest-neighbour quantisation of (N, M, code_dim) vectors against a learned codebook."""
+    """Nearest-neighbour quantisation of (N, M, code_dim) vectors against a learned codebook.
 
-    def __init__(self, codebook_size: int, code_dim: int):
+    With `restart_unused_codes` = S > 0, a code that no vector chose in S training steps is
+    moved onto an encoder output of the batch drawn at random (the codebook restarts of
+    Dhariwal et al. 2020, Jukebox): a code far from every encoder output never receives the
+    codebook term's gradient and stays unused for good. Under data parallelism the usage is
+    summed over the processes and the new vectors come from the first, so every copy of the
+    codebook stays the same."""
+
+    def __init__(self, codebook_size: int, code_dim: int, restart_unused_codes: int = 0):
         super().__init__()
         self.codebook = nn.Embedding(codebook_size, code_dim)
         nn.init.uniform_(self.codebook.weight, -1 / codebook_size, 1 / codebook_size)  # as the paper's code
+        self.restart_unused_codes = restart_unused_codes
+        if restart_unused_codes:  # a buffer only then: checkpoints without restarts keep their keys
+            self.register_buffer("steps_unused", torch.zeros(codebook_size, dtype=torch.long))
 
     def codes(self, z_e: torch.Tensor) -> torch.Tensor:
         """The index of each vector's nearest code vector (squared Euclidean distance, float32), (N, M)."""
@@ -74,10 +84,32 @@ class VectorQuantizer(nn.Module):
     def forward(self, z_e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(straight-through quantised z_e, codes, codebook term, commitment term), the terms per row."""
         codes = self.codes(z_e)
+        if self.training and self.restart_unused_codes and self._restart_unused(z_e, codes):
+            codes = self.codes(z_e)
         quantized = self.codebook(codes).to(z_e.dtype)
         codebook = (quantized - z_e.detach()).float().pow(2).sum((1, 2))
         commitment = (z_e - quantized.detach()).float().pow(2).sum((1, 2))
         return z_e + (quantized - z_e).detach(), codes, codebook, commitment
+
+    @torch.no_grad()
+    def _restart_unused(self, z_e: torch.Tensor, codes: torch.Tensor) -> bool:
+        """Count this step's use of each code; move the codes unused for `restart_unused_codes`
+        steps onto random vectors of z_e. True if any moved."""
+        used = torch.bincount(codes.flatten(), minlength=len(self.steps_unused))
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed:
+            torch.distributed.all_reduce(used)
+        self.steps_unused.add_(1).masked_fill_(used > 0, 0)
+        unused = self.steps_unused >= self.restart_unused_codes
+        if not unused.any():
+            return False
+        flat = z_e.detach().flatten(0, -2)
+        vectors = flat[torch.randint(len(flat), (int(unused.sum()),), device=flat.device)].to(self.codebook.weight)
+        if distributed:
+            torch.distributed.broadcast(vectors, src=0)
+        self.codebook.weight[unused] = vectors
+        self.steps_unused[unused] = 0
+        return True
 
 
 class CodePrior(nn.Module):
@@ -164,6 +196,7 @@ class VQVAE(CVAE):
         codebook_size: int = 64,
         code_dim: int = 4,
         code_prior: Callable[..., CodePrior] = CodePrior,
+        restart_unused_codes: int = 0,
     ):
         if getattr(prior, "func", prior) is not StandardPrior:
             raise ModelConfigError(
@@ -178,7 +211,12 @@ class VQVAE(CVAE):
             )
         super().__init__(encoder, decoder, conditioning, latent_dim, image_shape, num_classes, condition_shape)
         self.num_codes, self.code_dim = latent_dim // code_dim, code_dim
-        self.quantizer = VectorQuantizer(codebook_size, code_dim)
+        if restart_unused_codes < 0:
+            raise ModelConfigError(
+                f"model.restart_unused_codes={restart_unused_codes!r} must be an integer >= 0: the training steps "
+                "after which a code no vector chose is moved onto an encoder output (0: never)"
+            )
+        self.quantizer = VectorQuantizer(codebook_size, code_dim, restart_unused_codes)
         spec = dict(num_classes=num_classes, condition_shape=self.condition_shape)
         unconditional = {} if self.is_conditional else {"conditional": False}  # conditioning=none: p(codes) alone
         self.code_prior = code_prior(self.num_codes, codebook_size, Conditioning(**spec), **unconditional)
