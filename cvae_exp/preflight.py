@@ -330,7 +330,8 @@ def continue_run(config: DictConfig) -> tuple[dict, list[str]]:
 
 def refuse_change(resume: str, saved: DictConfig, override, overrides: list[str]) -> None:
     """Refuse an override of what defines the resumed run (`saved`, its config): a config group,
-    or a value of RUN_DEFINING (data.root may move); the message gives the new run's command."""
+    or a value of RUN_DEFINING (data.root may move); the message ends with the new run's command,
+    unpunctuated, so that it can be copied as it stands."""
     run_dir = Path(resume).resolve()
     key = override.key_or_group
     if key in saved and isinstance(saved[key], DictConfig):
@@ -338,23 +339,25 @@ def refuse_change(resume: str, saved: DictConfig, override, overrides: list[str]
             f"Cannot change the config group {key}={override.value()} of a resumed run: "
             f"resume={resume!r} continues that run with its own config; only values "
             f"such as trainer.max_epochs=N may be overridden. Start a new run with its overrides "
-            f"and the new choice: {_new_run(run_dir, overrides)}."
+            f"and the new choice: {_new_run(run_dir, overrides)}"
         )
     top = key.split(".")[0]
     if top in RUN_DEFINING and key != "data.root" and OmegaConf.select(saved, key) != override.value():
         checkpoint = f"ckpt_path={resume.rstrip('/')}/checkpoints/last.ckpt"
-        how = {  # ckpt_path brings the run's weights, optimizer, scheduler and random states; a new loss applies
-            "loss": f" {checkpoint} (which starts it from that run's weights)",
-            "optim": f" ({checkpoint} would restore that run's optimizer state over it)",
-            "scheduler": f" ({checkpoint} would restore that run's scheduler state over it)",
-            "seed": f" ({checkpoint} would restore that run's random states over it)",
+        # ckpt_path brings the run's weights, optimizer, scheduler and random states; a new loss applies over them
+        remark = {
+            "loss": f"{checkpoint} starts it from that run's weights. ",
+            "optim": f"It leaves out {checkpoint}, which would restore that run's optimizer state over it. ",
+            "scheduler": f"It leaves out {checkpoint}, which would restore that run's scheduler state over it. ",
+            "seed": f"It leaves out {checkpoint}, which would restore that run's random states over it. ",
         }.get(top, "")  # another network or data: that run's checkpoint cannot start it
         raise UserInputError(
             f"Cannot change {key} (to {override.value()!r}, saved {OmegaConf.select(saved, key)!r}) of a "
             "resumed run: "
             f"resume={resume!r} trains on the checkpoint of that run, whose "
-            f"{', '.join(RUN_DEFINING)} are fixed; "
-            f"start a new run with its overrides and the new value: {_new_run(run_dir, overrides)}{how}."
+            f"{', '.join(RUN_DEFINING)} are fixed. {remark}"
+            f"Start a new run with its overrides and the new value: {_new_run(run_dir, overrides)}"
+            + (f" {checkpoint}" if top == "loss" else "")
         )
 
 

@@ -151,24 +151,21 @@ def test_a_refused_resume_suggests_ckpt_path_only_where_it_works(tmp_path, short
         other_model,
         "train",
         "model.latent_dim",
-        f": {its} trainer.max_epochs=2 model.latent_dim=4.",
     )
+    assert other_model.stderr.strip().endswith(f": {its} trainer.max_epochs=2 model.latent_dim=4")
     assert "ckpt_path" not in other_model.stderr
     other_group = run_cli(f"resume={short_run}", "model=conv", cwd=tmp_path)
-    assert_refused(other_group, "train", "model=conv", f": {its} trainer.max_epochs=1 model=conv.")
+    assert_refused(other_group, "train", "model=conv")
+    assert other_group.stderr.strip().endswith(f": {its} trainer.max_epochs=1 model=conv")
     other_lr = run_cli(f"resume={short_run}", "trainer.max_epochs=2", "optim.lr=0.01", cwd=tmp_path)
-    assert_refused(
-        other_lr, "train", f"{its} trainer.max_epochs=2 optim.lr=0.01 (", "would restore that run's optimizer"
-    )
+    assert_refused(other_lr, "train", "would restore that run's optimizer")
+    assert other_lr.stderr.strip().endswith(f": {its} trainer.max_epochs=2 optim.lr=0.01")
     other_loss = run_cli(f"resume={short_run}", "trainer.max_epochs=2", "loss.beta=2", cwd=tmp_path)
     checkpoint = f"ckpt_path={short_run}/checkpoints/last.ckpt"
-    assert_refused(
-        other_loss,
-        "train",
-        f": {its} trainer.max_epochs=2 loss.beta=2 {checkpoint} (which",
-    )
+    assert_refused(other_loss, "train", "starts it from that run's weights")
+    assert other_loss.stderr.strip().endswith(f": {its} trainer.max_epochs=2 loss.beta=2 {checkpoint}")
     assert list(tmp_path.iterdir()) == []
-    advice = other_loss.stderr.partition(": cvae-train ")[2].partition(" (which")[0]
+    advice = other_loss.stderr.strip().partition(": cvae-train ")[2]  # the command ends the message
     followed = run_cli(*shlex.split(advice), f"hydra.run.dir={tmp_path / 'new'}", cwd=tmp_path)
     assert followed.returncode == 0, followed.stderr[-3000:]
     assert "completed" in followed.stdout
