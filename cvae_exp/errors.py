@@ -3,6 +3,7 @@
 import os
 import sys
 import traceback
+from collections.abc import Sequence
 
 
 class UserInputError(Exception):
@@ -13,6 +14,21 @@ class UserInputError(Exception):
 class ModelConfigError(ValueError):
     """A model's, network's or prior's own check of its arguments: the message names the key
     and what is allowed, so the config check reports it as it is, with no advice of its own."""
+
+
+def require_size(key: str, value, minimum: int = 1) -> None:
+    """A size (a width, a count), or each size of a list, must be a whole number >= `minimum`: a
+    float such as 64. or a zero width would otherwise reach torch, whose refusal names neither
+    the key nor the rule."""
+
+    def whole(number) -> bool:
+        return isinstance(number, int) and not isinstance(number, bool) and number >= minimum
+
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        if not all(whole(entry) for entry in value):
+            raise ModelConfigError(f"{key}={list(value)!r} must hold integers >= {minimum}, one per layer")
+    elif not whole(value):
+        raise ModelConfigError(f"{key}={value!r} must be an integer >= {minimum}")
 
 
 class TrainingDiverged(Exception):

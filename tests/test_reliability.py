@@ -111,6 +111,8 @@ BAD_INPUTS = [
     ("train", ["optim._target_=torch.optim.SGD", "+optim.momentum=-1"], ["optim", "momentum", "torch.optim class"]),
     ("train", ["optim._target_=torch.optim.Nadamm"], ["optim", "Nadamm", "torch.optim class"]),
     ("train", ["prior=mixture", "prior.num_components=0"], ["prior.num_components=0", ">= 1"]),
+    ("train", ["model=hierarchical", "model.top_dim=2.0"], ["model.top_dim=2.0 must be an integer >= 1"]),
+    ("train", ["model.encoder.hidden_dims=[0]"], ["model.encoder.hidden_dims=[0] must hold integers >= 1"]),
     ("train", ["+trainer.max_time=abc"], ["trainer.max_time='abc'", "DD:HH:MM:SS"]),
     ("train", ["prior=flow"], ["flow", "conditional"]),
     ("train", ["model=transformer"], ["transformer", "mlp"]),
@@ -150,7 +152,7 @@ BAD_INPUTS = [
     (
         "train",
         ["resume={run}", "trainer.max_epochs=3", "model.latent_dim=5"],
-        ["model.latent_dim", "to 5", "start a new run"],
+        ["model.latent_dim", "to 5", "Start a new run"],
     ),
     ("train", ["resume={run}"], ["is finished after 2 epochs", "trainer.max_epochs=3"]),
     ("train", ["resume={run}", "trainer.max_epochs=1"], ["trainer.max_epochs=1", "2 epochs"]),

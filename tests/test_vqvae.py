@@ -171,8 +171,13 @@ def test_samples_decode_codes_of_the_codebook():
 @pytest.mark.parametrize(
     "changes, fragment",
     [
-        ({"latent_dim": 7}, "multiple of model.code_dim"),
-        ({"codebook_size": 1}, "model.codebook_size >= 2"),
+        ({"latent_dim": 7}, "model.latent_dim=7 must be a multiple of model.code_dim=2"),
+        ({"codebook_size": 1}, "model.codebook_size=1 must be an integer >= 2"),
+        ({"codebook_size": 64.0}, "model.codebook_size=64.0 must be an integer >= 2"),
+        (
+            {"code_prior": {"_target_": "cvae_exp.models.vqvae.CodePrior", "_partial_": True, "hidden": 2.5}},
+            "model.code_prior.hidden=2.5 must be an integer >= 1",
+        ),
         ({"prior": {"_target_": "cvae_exp.models.priors.MixturePrior", "_partial_": True}}, "takes prior=standard"),
     ],
 )

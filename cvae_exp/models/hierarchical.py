@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from cvae_exp.distributions import gaussian_kl_between, gaussian_log_prob
-from cvae_exp.errors import ModelConfigError
+from cvae_exp.errors import ModelConfigError, require_size
 from cvae_exp.models.conditioning import Conditioning
 from cvae_exp.models.cvae import CVAE, CVAEOutput, reparameterize
 from cvae_exp.models.priors import NoLatent, StandardPrior, VampPrior, prior_option
@@ -104,8 +104,8 @@ class HierarchicalVAE(CVAE):
                 f"model=hierarchical puts the prior on its top layer z2; {prior_option(kind)} does not apply there "
                 "(prior=standard, conditional or mixture)"
             )
-        if top_dim < 1:
-            raise ModelConfigError(f"model.top_dim={top_dim!r} must be an integer >= 1 (the size of the top layer z2)")
+        require_size("model.top_dim", top_dim)
+        require_size("model.top_hidden", top_hidden)
         super().__init__(encoder, decoder, conditioning, latent_dim, image_shape, num_classes, condition_shape)
         spec = dict(num_classes=num_classes, condition_shape=self.condition_shape)
         self.prior = prior(top_dim, Conditioning(**spec))

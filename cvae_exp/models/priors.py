@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from cvae_exp.distributions import diagonal_mixture_log_prob, gaussian_kl, gaussian_kl_between, gaussian_log_prob
-from cvae_exp.errors import ModelConfigError
+from cvae_exp.errors import ModelConfigError, require_size
 from cvae_exp.models.conditioning import Conditioning
 
 
@@ -78,7 +78,7 @@ class MixturePrior(StandardPrior):
     def __init__(self, latent_dim: int, conditioning: Conditioning, num_components: int | None = None):
         super().__init__(latent_dim, conditioning)
         components = conditioning.num_classes if num_components is None else num_components
-        if components < 1:
+        if not (isinstance(components, int) and components >= 1):
             raise ModelConfigError(
                 f"prior.num_components={num_components!r} must be an integer >= 1 (null: one per class)"
             )
@@ -107,8 +107,7 @@ class VampPrior(StandardPrior):
 
     def __init__(self, latent_dim: int, conditioning: Conditioning, num_pseudo_inputs: int = 500):
         super().__init__(latent_dim, conditioning)
-        if num_pseudo_inputs < 1:
-            raise ModelConfigError(f"prior.num_pseudo_inputs={num_pseudo_inputs!r} must be an integer >= 1")
+        require_size("prior.num_pseudo_inputs", num_pseudo_inputs)
         self.num_pseudo_inputs = num_pseudo_inputs
 
     def attach(self, encoder, image_shape):

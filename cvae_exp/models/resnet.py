@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cvae_exp.errors import ModelConfigError
+from cvae_exp.errors import ModelConfigError, require_size
 from cvae_exp.models.conditioning import ConditionedLayers, Conditioning
 from cvae_exp.models.conv import bottleneck_size
 
@@ -82,6 +82,7 @@ class ResNetEncoder(nn.Module):
         groups: int = 8,
     ):
         super().__init__()
+        require_size("model.encoder.channels", channels)
         height, width = bottleneck_size(image_shape, len(channels))
         _check_blocks(blocks, "encoder")
         self.conditioning = conditioning
@@ -116,6 +117,7 @@ class ResNetDecoder(nn.Module):
         groups: int = 8,
     ):
         super().__init__()
+        require_size("model.decoder.channels", channels)
         height, width = bottleneck_size(image_shape, len(channels))
         _check_blocks(blocks, "decoder")
         self.conditioning = conditioning

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cvae_exp.errors import ModelConfigError
+from cvae_exp.errors import ModelConfigError, require_size
 from cvae_exp.models.conditioning import Conditioning
 from cvae_exp.models.cvae import CVAE, CVAEOutput
 from cvae_exp.models.priors import StandardPrior, prior_option
@@ -128,8 +128,7 @@ class CodePrior(nn.Module):
         conditional: bool = True,
     ):
         super().__init__()
-        if hidden < 1:
-            raise ModelConfigError(f"model.code_prior.hidden={hidden!r} must be an integer >= 1 (the prior's width)")
+        require_size("model.code_prior.hidden", hidden)
         self.num_codes, self.codebook_size, self.conditioning = num_codes, codebook_size, conditioning
         self.embed = nn.Embedding(codebook_size + 1, hidden)  # the last one starts each sequence
         self.position = nn.Parameter(torch.zeros(num_codes, hidden))
@@ -203,19 +202,16 @@ class VQVAE(CVAE):
                 f"model=vqvae has its own prior over its codes (model.code_prior), so it takes prior=standard, "
                 f"the default, not {prior_option(getattr(prior, 'func', prior))}"
             )
-        if codebook_size < 2 or code_dim < 1 or latent_dim % code_dim:
+        require_size("model.codebook_size", codebook_size, minimum=2)
+        require_size("model.code_dim", code_dim)
+        require_size("model.restart_unused_codes", restart_unused_codes, minimum=0)
+        if latent_dim % code_dim:
             raise ModelConfigError(
-                f"model=vqvae needs model.codebook_size >= 2 (it is {codebook_size}) and model.latent_dim a multiple "
-                f"of model.code_dim >= 1 (they are {latent_dim} and {code_dim}): the latent is latent_dim / code_dim "
-                "codes"
+                f"model.latent_dim={latent_dim} must be a multiple of model.code_dim={code_dim}: model=vqvae reads "
+                "its latent as latent_dim / code_dim codes"
             )
         super().__init__(encoder, decoder, conditioning, latent_dim, image_shape, num_classes, condition_shape)
         self.num_codes, self.code_dim = latent_dim // code_dim, code_dim
-        if restart_unused_codes < 0:
-            raise ModelConfigError(
-                f"model.restart_unused_codes={restart_unused_codes!r} must be an integer >= 0: the training steps "
-                "after which a code no vector chose is moved onto an encoder output (0: never)"
-            )
         self.quantizer = VectorQuantizer(codebook_size, code_dim, restart_unused_codes)
         spec = dict(num_classes=num_classes, condition_shape=self.condition_shape)
         unconditional = {} if self.is_conditional else {"conditional": False}  # conditioning=none: p(codes) alone
