@@ -188,8 +188,8 @@ def main(argv: list[str] | None = None) -> None:
         report_and_exit(
             UserInputError(f"Cannot write {target}: {error.strerror or error}; nothing was written."), "cvae-eval"
         )
-    print(json.dumps(result, indent=2))
-    print(f"cvae-eval: written to {target}")
+    print(json.dumps(result, indent=2))  # stdout is the result alone, for `cvae-eval ... | jq`
+    print(f"cvae-eval: written to {target}", file=sys.stderr)
 
 
 def trained(checkpoint: Path) -> dict:

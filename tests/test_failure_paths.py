@@ -3,6 +3,7 @@ outside the working tree, what a diverged run says it keeps, a refused resume's 
 closing lines after a progress bar."""
 
 import fcntl
+import json
 import os
 import pty
 import re
@@ -139,6 +140,7 @@ def test_sample_and_eval_make_a_new_out_folder_only_for_a_file_they_write(tmp_pa
     evaluated = run_cli(str(short_run), "--out", str(report), cwd=tmp_path, tool="eval")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert [path.name for path in report.parent.iterdir()] == ["eval.json"]
+    assert json.loads(evaluated.stdout) == json.loads(report.read_text())  # stdout: the result alone
 
 
 @pytest.mark.slow  # trains a one-epoch run and one more epoch from its checkpoint: 20 s
