@@ -112,9 +112,15 @@ def traversal(cvae: CVAE, labels: torch.Tensor, dim: int, span: float = 3.0, ste
     _check_at_least("steps", steps, 2)
     _require_continuous(cvae, "a traversal")
     if not 0 <= dim < cvae.latent_dim:
+        layers = (
+            f" (0..{cvae.bottom_dim - 1} are z1, model.latent_dim; {cvae.bottom_dim}..{cvae.latent_dim - 1} are z2, "
+            "model.top_dim)"
+            if getattr(cvae, "stochastic_layers", 1) == 2
+            else ""
+        )
         raise ValueError(
-            f"dim={dim} is not a latent coordinate: the model's latent_dim is {cvae.latent_dim}, so dim must "
-            f"be in 0..{cvae.latent_dim - 1}"
+            f"dim={dim} is not a latent coordinate: the model's latent has {cvae.latent_dim} coordinates, so dim "
+            f"must be in 0..{cvae.latent_dim - 1}{layers}"
         )
     z = torch.zeros(len(labels) * steps, cvae.latent_dim, device=labels.device)
     z[:, dim] = torch.linspace(-span, span, steps, device=labels.device).repeat(len(labels))

@@ -184,3 +184,5 @@ def test_a_traversal_of_either_layer_moves_what_the_decoder_reads():
 
     swept, still = (visualize.traversal(model, torch.tensor([0]), dim=3, span=span, steps=3) for span in (2.0, 0.0))
     assert not torch.allclose(swept, still)
+    with pytest.raises(ValueError, match=re.escape("must be in 0..4 (0..2 are z1, model.latent_dim; 3..4 are z2")):
+        visualize.traversal(model, torch.tensor([0]), dim=5)
