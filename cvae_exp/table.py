@@ -240,21 +240,26 @@ def plot(rows: list[dict[str, Any]], labels: list[str], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [" ".join(f"{key}={_format(key, row.get(key))}" for key in labels) or row["run"] for row in rows]
-    positions = range(len(rows))
+    names = [  # the keys a run has (a VQ-VAE's loss.commitment, not beside CVAEs)
+        "  ".join(f"{key}={_format(key, row[key])}" for key in labels if row.get(key) is not None) or row["run"]
+        for row in rows
+    ]
+    positions = range(len(rows))  # horizontal bars, the first run on top: a label of any length reads in one line
     published = any(row.get("report_score") is not None for row in rows)
-    figure, axes = plt.subplots(figsize=(max(6, 0.8 * len(rows)), 4))
-    width = 0.4 if published else 0.8
+    figure, axes = plt.subplots(figsize=(6, max(3, 0.35 * len(rows) * (1 + published))))
+    height = 0.4 if published else 0.8
     if published:
-        axes.bar([p - width / 2 for p in positions], [r.get("report_score") or 0 for r in rows], width, label="report")
+        axes.barh(
+            [p - height / 2 for p in positions], [r.get("report_score") or 0 for r in rows], height, label="report"
+        )
     metric = next((m for m in PLOTTED if any(r.get(m) is not None for r in rows)), "score")
-    axes.bar([p + width / 2 * published for p in positions], [r.get(metric) or 0 for r in rows], width, label="ours")
-    axes.set_xticks(list(positions), names, rotation=45, ha="right")
-    axes.set_ylabel(PLOTTED[metric])
+    axes.barh([p + height / 2 * published for p in positions], [r.get(metric) or 0 for r in rows], height, label="ours")
+    axes.set_yticks(list(positions), names, fontsize=8)
+    axes.invert_yaxis()
+    axes.set_xlabel(PLOTTED[metric])
     if published:
         axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, bbox_inches="tight")  # the labels' width, whatever it is, is kept in the image
     plt.close(figure)
 
 
