@@ -7,6 +7,7 @@ Lightning load (cvae_exp/run.py, imported once the config has passed)."""
 import atexit
 import logging
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -204,9 +205,10 @@ def run_console_script() -> None:
     try:
         sys.argv[1:] = resumed_sweep_arguments(sys.argv[1:])
         source, sys.argv[1:] = config_flags(sys.argv[1:])
-        sys.argv[1:] = sweeps_outside_multirun(sys.argv[1:])
+        sys.argv[1:] = help_without_sweeps(sys.argv[1:])
         refuse_resume_changes(sys.argv[1:])  # before the composition, which knows only the default model's keys
         cfg = compose_train(fixed_overrides(sys.argv[1:]), output_dir=".", source=source)
+        refuse_sweeps_outside_multirun(sys.argv[1:])  # after it: a config may set hydra.mode (hparams_search=optuna)
         if "--cfg" in sys.argv or "-c" in sys.argv:
             validate(cfg, devices_here=False)
     except UserInputError as error:
@@ -276,52 +278,69 @@ def exit_without_teardown() -> None:
     os._exit(0)
 
 
-def sweeps_outside_multirun(arguments: list[str]) -> list[str]:
-    """A sweep (key=a,b) needs -m, and Hydra's refusal without it is a page that exits 1:
-    refuse it in one paragraph instead. --help shows the config without the sweep's values,
-    which Hydra's help (composed as a single run) would otherwise end in a traceback over."""
-    sweeps = [argument for argument in arguments if not argument.startswith("-") and is_sweep(argument)]
-    if not sweeps:
+def help_without_sweeps(arguments: list[str]) -> list[str]:
+    """--help shows the config without a sweep's values: Hydra composes its help as a single
+    run, which a sweep's key=a,b would end in a traceback."""
+    if not {"--help", "-h", "--hydra-help"} & set(arguments):
         return arguments
-    if {"--help", "-h", "--hydra-help"} & set(arguments):
-        return [argument for argument in arguments if argument not in sweeps]
-    if not {"-m", "--multirun"} & set(arguments) and "hydra.mode=MULTIRUN" not in arguments:
+    sweeps = {argument for argument in override_arguments(arguments) if is_sweep(argument)}
+    return [argument for argument in arguments if argument not in sweeps]
+
+
+def refuse_sweeps_outside_multirun(arguments: list[str]) -> None:
+    """A sweep (key=a,b) needs a multirun (-m, or hydra.mode: MULTIRUN in a config), and Hydra's
+    refusal without one is a page that exits 1: refuse it in one paragraph instead. A sweep of
+    hydra.* keys is Hydra's to refuse."""
+    if {"-m", "--multirun"} & set(arguments) or HydraConfig.get().mode == RunMode.MULTIRUN:
+        return
+    sweeps = [argument for argument in override_arguments(arguments) if not argument.lstrip("+~").startswith("hydra")]
+    sweeps = [argument for argument in sweeps if is_sweep(argument)]
+    if sweeps:
         raise UserInputError(
             f"{sweeps[0]} is a sweep over several values, which runs only with -m (--multirun): "
-            f"cvae-train -m {' '.join(arguments)} runs one job for each value. For a list as one value, "
-            "write key=[a,b]; for a string that holds a comma, quote it: key='a,b'."
+            f"cvae-train -m {shlex.join(arguments)} runs one job for each value. For a list as one value, "
+            "write key=[a,b]; for a string that holds a comma, quote it for Hydra inside the shell's quotes: "
+            "\"key='a,b'\"."
         )
-    return arguments
 
 
-def fixed_overrides(arguments: list[str]) -> list[str]:
-    """The key=value arguments that are no sweep, without Hydra's flags and the hydra.* keys
-    that do not change what is composed."""
-    takes_value = {
-        "--cfg",
-        "-c",
-        "--package",
-        "-p",
-        "--config-path",
-        "-cp",
-        "--config-name",
-        "-cn",
-        "--config-dir",
-        "-cd",
-        "--experimental-rerun",
-        "--info",
-        "-i",
-    }
+HYDRA_FLAGS_WITH_VALUES = {
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+    "--info",
+    "-i",
+}
+
+
+def override_arguments(arguments: list[str]) -> list[str]:
+    """The key=value arguments, without Hydra's flags and the values those flags take."""
     overrides, skip = [], False
     for argument in arguments:
         if skip or argument.startswith("-"):
-            skip = argument in takes_value
+            skip = argument in HYDRA_FLAGS_WITH_VALUES
             continue
-        key = argument.lstrip("+~")
-        composes = not key.startswith("hydra") or key.startswith("hydra.searchpath")
-        if composes and not is_sweep(argument):
-            overrides.append(argument)
+        overrides.append(argument)
     return overrides
+
+
+def fixed_overrides(arguments: list[str]) -> list[str]:
+    """The key=value arguments that are no sweep, without the hydra.* keys that do not change
+    what is composed."""
+    return [
+        argument
+        for argument in override_arguments(arguments)
+        if (not argument.lstrip("+~").startswith("hydra") or argument.lstrip("+~").startswith("hydra.searchpath"))
+        and not is_sweep(argument)
+    ]
 
 
 def is_sweep(argument: str) -> bool:

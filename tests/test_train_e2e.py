@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from cvae_exp.errors import UserInputError
 from cvae_exp.run import single_device_trainer
 from tests.helpers import run_cli
 
@@ -148,13 +150,30 @@ def test_help_of_a_sweep_shows_the_help(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_sweep_is_refused_only_outside_a_multirun(tmp_path, monkeypatch):
+    """-m, or a config that sets hydra.mode: MULTIRUN (hparams_search=optuna), makes key=a,b a
+    sweep; a sweep of hydra.* keys is left to Hydra."""
+    from cvae_exp.compose import compose_train
+    from cvae_exp.train import refuse_sweeps_outside_multirun
+
+    monkeypatch.chdir(tmp_path)
+    compose_train(["hparams_search=optuna"], output_dir=".")
+    refuse_sweeps_outside_multirun(["hparams_search=optuna", "model.latent_dim=2,4"])
+    compose_train([], output_dir=".")
+    refuse_sweeps_outside_multirun(["-m", "model.latent_dim=2,4"])
+    refuse_sweeps_outside_multirun(["hydra.sweeper.params.seed=choice(1,2)"])
+    with pytest.raises(UserInputError, match=re.escape("model.latent_dim=2,4 is a sweep")):
+        refuse_sweeps_outside_multirun(["-cn", "train", "model.latent_dim=2,4"])
+
+
 def test_a_sweep_without_multirun_is_refused_in_one_paragraph(tmp_path):
     result = run_cli("seed=1,2", "model.latent_dim=4", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "cvae-train: error: seed=1,2 is a sweep over several values, which runs only with -m (--multirun): "
         "cvae-train -m seed=1,2 model.latent_dim=4 runs one job for each value. For a list as one value, "
-        "write key=[a,b]; for a string that holds a comma, quote it: key='a,b'."
+        "write key=[a,b]; for a string that holds a comma, quote it for Hydra inside the shell's quotes: "
+        "\"key='a,b'\"."
     )
     assert list(tmp_path.iterdir()) == []
 
