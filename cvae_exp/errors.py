@@ -4,6 +4,7 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from numbers import Integral
 
 
 class UserInputError(Exception):
@@ -16,19 +17,26 @@ class ModelConfigError(ValueError):
     and what is allowed, so the config check reports it as it is, with no advice of its own."""
 
 
+def _whole(number, minimum: int) -> bool:
+    return isinstance(number, Integral) and not isinstance(number, bool) and number >= minimum
+
+
 def require_size(key: str, value, minimum: int = 1) -> None:
-    """A size (a width, a count), or each size of a list, must be a whole number >= `minimum`: a
-    float such as 64. or a zero width would otherwise reach torch, whose refusal names neither
-    the key nor the rule."""
-
-    def whole(number) -> bool:
-        return isinstance(number, int) and not isinstance(number, bool) and number >= minimum
-
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        if not all(whole(entry) for entry in value):
-            raise ModelConfigError(f"{key}={list(value)!r} must hold integers >= {minimum}, one per layer")
-    elif not whole(value):
+    """A size (a width, a count) must be a whole number >= `minimum`: a float such as 64. or a
+    zero width would otherwise reach torch, whose refusal names neither the key nor the rule."""
+    if not _whole(value, minimum):
         raise ModelConfigError(f"{key}={value!r} must be an integer >= {minimum}")
+
+
+def require_sizes(key: str, values, minimum: int = 1) -> None:
+    """`require_size` for a list of sizes, one per layer."""
+    if isinstance(values, str) or not isinstance(values, Sequence):
+        raise ModelConfigError(f"{key}={values!r} must be a list of integers >= {minimum}, one per layer")
+    bad = [value for value in values if not _whole(value, minimum)]
+    if bad:
+        raise ModelConfigError(
+            f"{key}={list(values)!r} must hold integers >= {minimum}, one per layer; {bad[0]!r} is not one"
+        )
 
 
 class TrainingDiverged(Exception):

@@ -62,8 +62,9 @@ def quiet_libraries() -> None:
 
 
 def show_progress() -> None:
-    """The progress of our long steps (fitting a sampler) on stderr, as cvae-train shows it on
-    its console: stdout stays what these tools print for scripts (a result, a file's path)."""
+    """For the console scripts cvae-eval and cvae-sample: the progress of our long steps (fitting
+    a sampler) on stderr, as cvae-train shows it on its console; stdout stays what these tools
+    print for scripts (a result, a file's path). Not for the Python API, whose logging is the user's."""
     progress = logging.getLogger("cvae_exp.samplers")
     if not progress.handlers:
         handler = logging.StreamHandler(sys.stderr)
@@ -83,7 +84,6 @@ def load_module(checkpoint: Path, **eval_overrides):
 
     import_from_working_directory()  # the run's own `_target_`s (a user's dataset loader) may live there
     quiet_libraries()
-    show_progress()
     try:
         target = torch.load(checkpoint, map_location="cpu", weights_only=False).get("module_target")
         module_class = get_class(target) if target else CVAEModule  # older checkpoints: the CVAEModule
@@ -99,6 +99,7 @@ def load_module(checkpoint: Path, **eval_overrides):
 
 
 def main(argv: list[str] | None = None) -> None:
+    show_progress()
     parser = argparse.ArgumentParser(prog="cvae-eval", description=__doc__.splitlines()[0])
     parser.add_argument("path", type=Path, help="a .ckpt file or a run directory")
     parser.add_argument("--recon-z", choices=RECON_Z_CHOICES, help="reconstruct from a posterior sample or its mean")

@@ -347,9 +347,10 @@ def refuse_change(resume: str, saved: DictConfig, override, overrides: list[str]
         # ckpt_path brings the run's weights, optimizer, scheduler and random states; a new loss applies over them
         remark = {
             "loss": f"{checkpoint} starts it from that run's weights. ",
-            "optim": f"It leaves out {checkpoint}, which would restore that run's optimizer state over it. ",
-            "scheduler": f"It leaves out {checkpoint}, which would restore that run's scheduler state over it. ",
-            "seed": f"It leaves out {checkpoint}, which would restore that run's random states over it. ",
+            "optim": f"The command leaves out {checkpoint}, which would restore that run's optimizer state over it. ",
+            "scheduler": f"The command leaves out {checkpoint}, which would restore that run's scheduler state over "
+            "it. ",
+            "seed": f"The command leaves out {checkpoint}, which would restore that run's random states over it. ",
         }.get(top, "")  # another network or data: that run's checkpoint cannot start it
         raise UserInputError(
             f"Cannot change {key} (to {override.value()!r}, saved {OmegaConf.select(saved, key)!r}) of a "

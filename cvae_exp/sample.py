@@ -36,7 +36,7 @@ from omegaconf.errors import OmegaConfBaseException
 from PIL import Image
 
 from cvae_exp.errors import UserInputError, report_and_exit
-from cvae_exp.eval import find_checkpoint, load_module
+from cvae_exp.eval import find_checkpoint, load_module, show_progress
 from cvae_exp.files import atomic_path, check_output_path, undone_on_failure
 from cvae_exp.schema import SAMPLERS
 
@@ -184,6 +184,7 @@ def save_atomically(grid, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    show_progress()
     if argv[:1] in (["-h"], ["--help"]):
         print(__doc__)
         return

@@ -113,6 +113,7 @@ BAD_INPUTS = [
     ("train", ["prior=mixture", "prior.num_components=0"], ["prior.num_components=0", ">= 1"]),
     ("train", ["model=hierarchical", "model.top_dim=2.0"], ["model.top_dim=2.0 must be an integer >= 1"]),
     ("train", ["model.encoder.hidden_dims=[0]"], ["model.encoder.hidden_dims=[0] must hold integers >= 1"]),
+    ("train", ["model.decoder.hidden_dims=256"], ["model.decoder.hidden_dims=256 must be a list of integers"]),
     ("train", ["+trainer.max_time=abc"], ["trainer.max_time='abc'", "DD:HH:MM:SS"]),
     ("train", ["prior=flow"], ["flow", "conditional"]),
     ("train", ["model=transformer"], ["transformer", "mlp"]),

@@ -81,7 +81,7 @@ def test_rejects_image_sides_it_cannot_halve_enough(network, channels):
 
 @pytest.mark.parametrize("network", [ResNetEncoder, ResNetDecoder])
 def test_rejects_a_stage_without_blocks(network):
-    with pytest.raises(ValueError, match=r"blocks is 0"):
+    with pytest.raises(ValueError, match=r"blocks=0 must be an integer >= 1"):
         network([3, 32, 32], 4, Concat(NUM_CLASSES), channels=[4, 8], blocks=0)
 
 

@@ -8,7 +8,7 @@ stride 2, padding 1, so any image whose sides divide by 2**len(channels) works
 import torch
 from torch import nn
 
-from cvae_exp.errors import ModelConfigError, require_size
+from cvae_exp.errors import ModelConfigError, require_sizes
 from cvae_exp.models.conditioning import ConditionedLayers, Conditioning
 
 
@@ -44,7 +44,7 @@ class ConvEncoder(nn.Module):
 
     def __init__(self, image_shape, latent_dim: int, conditioning: Conditioning, channels: list[int]):
         super().__init__()
-        require_size("model.encoder.channels", channels)
+        require_sizes("model.encoder.channels", channels)
         height, width = bottleneck_size(image_shape, len(channels))
         self.conditioning = conditioning
         widths = [image_shape[0] + conditioning.extra_channels, *channels]
@@ -67,7 +67,7 @@ class ConvDecoder(nn.Module):
 
     def __init__(self, image_shape, latent_dim: int, conditioning: Conditioning, channels: list[int]):
         super().__init__()
-        require_size("model.decoder.channels", channels)
+        require_sizes("model.decoder.channels", channels)
         height, width = bottleneck_size(image_shape, len(channels))
         self.conditioning = conditioning
         self.start_shape = (channels[0], height, width)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from cvae_exp.distributions import gaussian_kl_between, gaussian_log_prob
-from cvae_exp.errors import ModelConfigError, require_size
+from cvae_exp.errors import ModelConfigError, require_size, require_sizes
 from cvae_exp.models.conditioning import Conditioning
 from cvae_exp.models.cvae import CVAE, CVAEOutput, reparameterize
 from cvae_exp.models.priors import NoLatent, StandardPrior, VampPrior, prior_option
@@ -105,7 +105,7 @@ class HierarchicalVAE(CVAE):
                 "(prior=standard, conditional or mixture)"
             )
         require_size("model.top_dim", top_dim)
-        require_size("model.top_hidden", top_hidden)
+        require_sizes("model.top_hidden", top_hidden)
         super().__init__(encoder, decoder, conditioning, latent_dim, image_shape, num_classes, condition_shape)
         spec = dict(num_classes=num_classes, condition_shape=self.condition_shape)
         self.prior = prior(top_dim, Conditioning(**spec))
@@ -157,7 +157,7 @@ class HierarchicalVAE(CVAE):
         """The decoder reads z1 alone, so z1 is the mean of p(z1 | z2, c) at the traversal's z2:
         a coordinate of z2 moves it through the top-down path, one of z1 replaces its mean there."""
         z1, z2 = self.split(z)
-        mean = self.top_down(z2, condition)[0].to(z.dtype)
+        mean = self.top_down(z2, condition)[0].to(z.dtype).clone()  # a view of top_down's output otherwise
         if dim < self.bottom_dim:
             mean[:, dim] = z1[:, dim]
         return torch.cat([mean, z2], dim=-1)

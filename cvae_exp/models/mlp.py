@@ -5,7 +5,7 @@ import math
 import torch
 from torch import nn
 
-from cvae_exp.errors import require_size
+from cvae_exp.errors import require_sizes
 from cvae_exp.models.conditioning import ConditionedLayers, Conditioning
 
 
@@ -20,7 +20,7 @@ class MLPEncoder(nn.Module):
 
     def __init__(self, image_shape, latent_dim: int, conditioning: Conditioning, hidden_dims: list[int]):
         super().__init__()
-        require_size("model.encoder.hidden_dims", hidden_dims)
+        require_sizes("model.encoder.hidden_dims", hidden_dims)
         self.conditioning = conditioning
         in_features = math.prod(image_shape) + conditioning.extra_features
         self.hidden, width = _hidden_stack(in_features, hidden_dims, conditioning)
@@ -37,7 +37,7 @@ class MLPDecoder(nn.Module):
 
     def __init__(self, image_shape, latent_dim: int, conditioning: Conditioning, hidden_dims: list[int]):
         super().__init__()
-        require_size("model.decoder.hidden_dims", hidden_dims)
+        require_sizes("model.decoder.hidden_dims", hidden_dims)
         self.conditioning = conditioning
         self.image_shape = tuple(image_shape)
         self.hidden, width = _hidden_stack(latent_dim + conditioning.extra_features, hidden_dims, conditioning)

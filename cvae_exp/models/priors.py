@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from cvae_exp.distributions import diagonal_mixture_log_prob, gaussian_kl, gaussian_kl_between, gaussian_log_prob
-from cvae_exp.errors import ModelConfigError, require_size
+from cvae_exp.errors import require_size
 from cvae_exp.models.conditioning import Conditioning
 
 
@@ -78,10 +78,8 @@ class MixturePrior(StandardPrior):
     def __init__(self, latent_dim: int, conditioning: Conditioning, num_components: int | None = None):
         super().__init__(latent_dim, conditioning)
         components = conditioning.num_classes if num_components is None else num_components
-        if not (isinstance(components, int) and components >= 1):
-            raise ModelConfigError(
-                f"prior.num_components={num_components!r} must be an integer >= 1 (null: one per class)"
-            )
+        if num_components is not None:  # null: one per class
+            require_size("prior.num_components", num_components)
         self.means = nn.Parameter(torch.randn(components, latent_dim))
         self.logvars = nn.Parameter(torch.zeros(components, latent_dim))
         self.weight_logits = nn.Parameter(torch.zeros(components))
@@ -165,6 +163,11 @@ class NoLatent(StandardPrior):
 def prior_option(kind: type) -> str:
     """How a command line names a prior class: prior=<its file in configs/prior/> for ours, its
     class path for one of the user's own."""
-    ours = {StandardPrior: "standard", ConditionalPrior: "conditional", MixturePrior: "mixture", VampPrior: "vamp"}
-    ours[NoLatent] = "none"
+    ours = {
+        StandardPrior: "standard",
+        ConditionalPrior: "conditional",
+        MixturePrior: "mixture",
+        VampPrior: "vamp",
+        NoLatent: "none",
+    }
     return f"prior={ours[kind]}" if kind in ours else f"{kind.__module__}.{kind.__qualname__}"

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cvae_exp.errors import ModelConfigError, require_size
+from cvae_exp.errors import require_size, require_sizes
 from cvae_exp.models.conditioning import ConditionedLayers, Conditioning
 from cvae_exp.models.conv import bottleneck_size
 
@@ -60,14 +60,6 @@ def _stages(widths: list[int], blocks: int, resample: str, groups: int) -> list[
     ]
 
 
-def _check_blocks(blocks: int, network: str) -> None:
-    if blocks < 1:
-        raise ModelConfigError(
-            f"a resnet stage needs at least one residual block (it resamples in its first), and "
-            f"model.{network}.blocks is {blocks}: give it 1 or more"
-        )
-
-
 class ResNetEncoder(nn.Module):
     """q(z | x, c): a 3x3 stem conv to `channels[0]`, one downsampling stage per `channels`
     entry -> linear heads (mu, log sigma^2)."""
@@ -82,9 +74,9 @@ class ResNetEncoder(nn.Module):
         groups: int = 8,
     ):
         super().__init__()
-        require_size("model.encoder.channels", channels)
+        require_sizes("model.encoder.channels", channels)
         height, width = bottleneck_size(image_shape, len(channels))
-        _check_blocks(blocks, "encoder")
+        require_size("model.encoder.blocks", blocks)  # each stage resamples in its first block
         self.conditioning = conditioning
         in_channels = image_shape[0] + conditioning.extra_channels
         self.stem = nn.Conv2d(in_channels, channels[0], kernel_size=3, padding=1)
@@ -117,9 +109,9 @@ class ResNetDecoder(nn.Module):
         groups: int = 8,
     ):
         super().__init__()
-        require_size("model.decoder.channels", channels)
+        require_sizes("model.decoder.channels", channels)
         height, width = bottleneck_size(image_shape, len(channels))
-        _check_blocks(blocks, "decoder")
+        require_size("model.decoder.blocks", blocks)  # each stage resamples in its first block
         self.conditioning = conditioning
         self.start_shape = (channels[0], height, width)
         flat = channels[0] * height * width

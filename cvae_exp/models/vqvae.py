@@ -60,12 +60,14 @@ class VQOutput(CVAEOutput):
 class VectorQuantizer(nn.Module):
     """Nearest-neighbour quantisation of (N, M, code_dim) vectors against a learned codebook.
 
-    With `restart_unused_codes` = S > 0, a code that no vector chose in S training steps is
+    With `restart_unused_codes` = S > 0, a code that no vector chose in S training batches is
     moved onto an encoder output of the batch drawn at random (the codebook restarts of
     Dhariwal et al. 2020, Jukebox): a code far from every encoder output never receives the
     codebook term's gradient and stays unused for good. Under data parallelism the usage is
     summed over the processes and the new vectors come from the first, so every copy of the
-    codebook stays the same."""
+    codebook stays the same. A moved code keeps Adam's moments of its old place, which decay
+    within a few hundred steps. S counts training batches (under trainer.accumulate_grad_batches,
+    several per optimizer step)."""
 
     def __init__(self, codebook_size: int, code_dim: int, restart_unused_codes: int = 0):
         super().__init__()
@@ -104,7 +106,13 @@ class VectorQuantizer(nn.Module):
         if not unused.any():
             return False
         flat = z_e.detach().flatten(0, -2)
-        vectors = flat[torch.randint(len(flat), (int(unused.sum()),), device=flat.device)].to(self.codebook.weight)
+        count = int(unused.sum())  # distinct vectors where the batch has enough, so that no two codes land together
+        picks = (
+            torch.randperm(len(flat), device=flat.device)[:count]
+            if count <= len(flat)
+            else torch.randint(len(flat), (count,), device=flat.device)
+        )
+        vectors = flat[picks].to(self.codebook.weight)
         if distributed:
             torch.distributed.broadcast(vectors, src=0)
         self.codebook.weight[unused] = vectors
