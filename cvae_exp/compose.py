@@ -115,3 +115,31 @@ def compose_train(overrides: Sequence[str], output_dir: str | None, source: Conf
     with open_dict(cfg):
         del cfg.hydra
     return cfg
+
+
+HYDRA_FLAGS_WITH_VALUES = {
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+    "--info",
+    "-i",
+}
+
+
+def override_arguments(arguments: list[str]) -> list[str]:
+    """The key=value arguments, without Hydra's flags and the values those flags take."""
+    overrides, skip = [], False
+    for argument in arguments:
+        if skip or argument.startswith("-"):
+            skip = argument in HYDRA_FLAGS_WITH_VALUES
+            continue
+        overrides.append(argument)
+    return overrides

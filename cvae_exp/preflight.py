@@ -32,7 +32,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from cvae_exp.checks import build_data, check_sweep, check_values, epochs_done, validate
-from cvae_exp.compose import composition_error
+from cvae_exp.compose import composition_error, override_arguments
 from cvae_exp.errors import UserInputError, report_and_exit
 from cvae_exp.files import first_process, held_elsewhere, hold
 from cvae_exp.resume import override_key
@@ -370,7 +370,7 @@ def refuse_resume_changes(arguments: list[str]) -> None:
     saved_config = Path(resumes[-1]).expanduser() / ".hydra" / "config.yaml" if resumes else None
     if saved_config is None or not saved_config.is_file() or {"-m", "--multirun"} & set(arguments):
         return  # not a run's resume (a sweep's, a multirun that Preflight refuses, a directory continue_run refuses)
-    overrides = [a for a in arguments if not a.startswith(("resume=", "-")) and "=" in a]
+    overrides = [a for a in override_arguments(arguments) if not a.startswith("resume=") and "=" in a]
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException:

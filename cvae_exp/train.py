@@ -28,6 +28,7 @@ from cvae_exp.compose import (
     compose_train,
     config_source,
     import_from_working_directory,
+    override_arguments,
 )
 from cvae_exp.errors import RunInterrupted, TrainingDiverged, UserInputError, report_and_exit
 from cvae_exp.files import first_process, hold, write_json
@@ -302,34 +303,6 @@ def refuse_sweeps_outside_multirun(arguments: list[str]) -> None:
             "write key=[a,b]; for a string that holds a comma, quote it for Hydra inside the shell's quotes: "
             "\"key='a,b'\"."
         )
-
-
-HYDRA_FLAGS_WITH_VALUES = {
-    "--cfg",
-    "-c",
-    "--package",
-    "-p",
-    "--config-path",
-    "-cp",
-    "--config-name",
-    "-cn",
-    "--config-dir",
-    "-cd",
-    "--experimental-rerun",
-    "--info",
-    "-i",
-}
-
-
-def override_arguments(arguments: list[str]) -> list[str]:
-    """The key=value arguments, without Hydra's flags and the values those flags take."""
-    overrides, skip = [], False
-    for argument in arguments:
-        if skip or argument.startswith("-"):
-            skip = argument in HYDRA_FLAGS_WITH_VALUES
-            continue
-        overrides.append(argument)
-    return overrides
 
 
 def fixed_overrides(arguments: list[str]) -> list[str]:

@@ -205,10 +205,11 @@ class VQVAE(CVAE):
         code_prior: Callable[..., CodePrior] = CodePrior,
         restart_unused_codes: int = 0,
     ):
-        if getattr(prior, "func", prior) is not StandardPrior:
+        kind = getattr(prior, "func", prior)
+        if kind is not StandardPrior:
             raise ModelConfigError(
                 f"model=vqvae has its own prior over its codes (model.code_prior), so it takes prior=standard, "
-                f"the default, not {prior_option(getattr(prior, 'func', prior))}"
+                f"the default, not {prior_option(kind)}"
             )
         require_size("model.codebook_size", codebook_size, minimum=2)
         require_size("model.code_dim", code_dim)
